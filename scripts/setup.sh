@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Installs what saln needs, idempotently:
+#   - a Python venv outside the repository with torch==2.11.0 from PyPI (libtorch for tch);
+#   - Debian's dataset-fashion-mnist (the demo's and the tests' real data set).
+# Usage: scripts/setup.sh [torch|data|all]     (default: all)
+# Environment: SALN_VENV (default ~/.cache/saln/venv), SALN_FASHION_MNIST_DIR.
+set -euo pipefail
+
+VENV="${SALN_VENV:-$HOME/.cache/saln/venv}"
+TORCH_VERSION=2.11.0
+FMNIST_DIR="${SALN_FASHION_MNIST_DIR:-/usr/share/datasets/fashion-mnist}"
+what="${1:-all}"
+
+say() { printf 'setup: %s\n' "$*" >&2; }
+
+torch_ok() {
+  [ -x "$VENV/bin/python" ] && "$VENV/bin/python" - <<PY 2>/dev/null
+import sys, torch
+sys.exit(0 if torch.__version__.split("+")[0] == "$TORCH_VERSION" else 1)
+PY
+}
+
+setup_torch() {
+  if torch_ok; then
+    say "torch $TORCH_VERSION present in $VENV"
+    return
+  fi
+  say "creating $VENV with torch==$TORCH_VERSION from PyPI (about 4.6 GB, a few minutes, once)"
+  mkdir -p "$(dirname "$VENV")"
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "torch==$TORCH_VERSION" numpy
+  torch_ok || { say "torch $TORCH_VERSION did not import from $VENV"; exit 1; }
+  say "torch $TORCH_VERSION installed in $VENV"
+}
+
+fmnist_ok() {
+  for f in train-images-idx3-ubyte train-labels-idx1-ubyte t10k-images-idx3-ubyte t10k-labels-idx1-ubyte; do
+    [ -f "$FMNIST_DIR/$f.gz" ] || [ -f "$FMNIST_DIR/$f" ] || return 1
+  done
+}
+
+setup_data() {
+  if fmnist_ok; then
+    say "Fashion-MNIST present in $FMNIST_DIR"
+    return
+  fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing Debian's dataset-fashion-mnist (31 MB)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null
+    fmnist_ok && { say "Fashion-MNIST installed in $FMNIST_DIR"; return; }
+  fi
+  cat >&2 <<MSG
+setup: Fashion-MNIST is not in $FMNIST_DIR and cannot be installed here (needs root and apt-get).
+  On Debian/Ubuntu:  sudo apt-get install dataset-fashion-mnist
+  Elsewhere: put the four IDX files (train-images-idx3-ubyte.gz, train-labels-idx1-ubyte.gz,
+  t10k-images-idx3-ubyte.gz, t10k-labels-idx1-ubyte.gz) in one folder, then
+  run with SALN_FASHION_MNIST_DIR=<folder> and set source.idx.dir to it in your pipeline YAML.
+MSG
+  exit 1
+}
+
+case "$what" in
+  torch) setup_torch ;;
+  data) setup_data ;;
+  all) setup_torch; setup_data ;;
+  *) say "unknown target '$what' (torch|data|all)"; exit 2 ;;
+esac

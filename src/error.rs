@@ -1,0 +1,130 @@
+//! The library's error type. Every variant names what failed: the file, the sample, the
+//! super-batch, the config key or the stage. The binary turns these into messages and exit
+//! codes; the library never prints them itself.
+use std::path::PathBuf;
+
+/// A `Result` with saln's [`Error`].
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// One problem found in a pipeline configuration.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ConfigIssue {
+    /// Dotted path of the key, for example `selection.keep_ratio`.
+    pub key: String,
+    /// What is wrong with it.
+    pub message: String,
+}
+
+impl std::fmt::Display for ConfigIssue {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{}: {}", self.key, self.message)
+    }
+}
+
+/// Everything that can go wrong in saln.
+#[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
+pub enum Error {
+    /// The YAML could not be parsed (syntax, unknown key, wrong type); the message carries
+    /// the line and column.
+    #[error("{path}: {message}")]
+    ConfigParse {
+        /// The config file.
+        path: PathBuf,
+        /// The parser's message, with location.
+        message: String,
+    },
+    /// The YAML parsed but some values are invalid. Holds *all* the problems found.
+    #[error("{path}: invalid configuration:\n{}", .issues.iter().map(|i| format!("  - {i}")).collect::<Vec<_>>().join("\n"))]
+    ConfigInvalid {
+        /// The config file (or `<inline>`).
+        path: PathBuf,
+        /// Every problem, in key order.
+        issues: Vec<ConfigIssue>,
+    },
+    /// A data file is missing, unreadable or malformed.
+    #[error("{path}: {message}")]
+    Data {
+        /// The file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// One sample could not be used.
+    #[error("sample {sample}: {message}")]
+    Sample {
+        /// Where the sample comes from, for example `train-images-idx3-ubyte.gz#1234`.
+        sample: String,
+        /// What is wrong.
+        message: String,
+    },
+    /// A feature vector was zero or not finite, or the selector met a degenerate input.
+    #[error("selection, super-batch {superbatch}: {message}")]
+    Selection {
+        /// Global index of the super-batch.
+        superbatch: u64,
+        /// What is wrong (names the sample where one is at fault).
+        message: String,
+    },
+    /// A model file could not be loaded or does not match the architecture.
+    #[error("model {path}: {message}")]
+    Model {
+        /// The weights file.
+        path: PathBuf,
+        /// What is wrong.
+        message: String,
+    },
+    /// An error inside a pipeline stage; `stage` is the stage's name.
+    #[error("{stage} stage: {source}")]
+    Stage {
+        /// `loader`, `extract` or `train`.
+        stage: &'static str,
+        /// The underlying error.
+        #[source]
+        source: Box<Error>,
+    },
+    /// A stage panicked (a bug); the pipeline turned it into this error instead of aborting.
+    #[error("{stage} stage panicked: {message}")]
+    Panic {
+        /// The stage's name.
+        stage: &'static str,
+        /// The panic payload.
+        message: String,
+    },
+    /// libtorch reported an error.
+    #[error("libtorch: {0}")]
+    Torch(#[from] tch::TchError),
+    /// A file could not be read or written.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The OS error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// The run was cancelled (Ctrl-C, SIGTERM, or the consumer went away).
+    #[error("cancelled")]
+    Cancelled,
+}
+
+impl Error {
+    /// Wraps `self` as an error of stage `stage` (idempotent for the same stage).
+    pub fn in_stage(self, stage: &'static str) -> Error {
+        match self {
+            e @ (Error::Stage { .. } | Error::Panic { .. } | Error::Cancelled) => e,
+            e => Error::Stage {
+                stage,
+                source: Box::new(e),
+            },
+        }
+    }
+
+    /// An [`Error::Io`] for `path`.
+    pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
+        Error::Io {
+            path: path.into(),
+            source,
+        }
+    }
+}

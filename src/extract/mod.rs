@@ -1,0 +1,317 @@
+//! The extract stage: the frozen reference network, and the selection that runs on its
+//! features.
+//!
+//! The stage owns the model on its own OS thread (libtorch tensors are `Send` but not
+//! `Sync`, and grad mode is thread-local), receives super-batches, computes features in
+//! micro-batches under `no_grad`, asks the [`Selector`] which samples to keep, and sends the
+//! kept images on as a [`SubBatch`] of tensors on the configured device.
+//!
+//! | file | what |
+//! |---|---|
+//! | [`pretrain`] | trains the reference CNN on the held-out split and saves it |
+use std::path::Path;
+use std::time::Instant;
+
+use tch::{nn, Device, Kind, Tensor};
+
+use crate::batch::SuperBatch;
+use crate::error::{Error, Result};
+use crate::model::{Cnn, CnnArch};
+use crate::pipeline::{Cancel, Msg, StageStats};
+use crate::select::{Selection, Selector};
+
+pub mod pretrain;
+
+/// The reference network, loaded and frozen.
+pub struct Extractor {
+    _vs: nn::VarStore,
+    model: Cnn,
+    device: Device,
+    micro_batch: usize,
+}
+
+impl Extractor {
+    /// Loads weights written by [`pretrain::pretrain`] for inputs of `shape` and `classes`
+    /// classes. A missing file or one of another architecture is an [`Error::Model`].
+    pub fn load(
+        weights: &Path,
+        arch: &CnnArch,
+        shape: (usize, usize, usize),
+        classes: usize,
+        device: Device,
+        micro_batch: usize,
+    ) -> Result<Extractor> {
+        if !weights.exists() {
+            return Err(Error::Model {
+                path: weights.to_path_buf(),
+                message: "not found: train the reference model first with `saln-pipe pretrain <pipeline.yaml>`".into(),
+            });
+        }
+        let mut vs = nn::VarStore::new(device);
+        let model = Cnn::new(&vs.root(), arch, shape, classes);
+        vs.load(weights).map_err(|e| Error::Model {
+            path: weights.to_path_buf(),
+            message: format!(
+                "cannot load into a CNN of {arch:?} for {shape:?} images and {classes} classes \
+                 (was it trained with another `extractor.arch`?): {e}"
+            ),
+        })?;
+        vs.freeze();
+        Ok(Extractor {
+            _vs: vs,
+            model,
+            device,
+            micro_batch: micro_batch.max(1),
+        })
+    }
+
+    /// The device the model lives on.
+    pub fn device(&self) -> Device {
+        self.device
+    }
+
+    /// Features of `images` (`[n, C, H, W]` float32 on the model's device) -> `[n, hidden]`
+    /// float32, computed `micro_batch` samples at a time without gradients.
+    pub fn features(&self, images: &Tensor) -> Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        let n = images.size()[0];
+        let mut parts = Vec::new();
+        let mut start = 0;
+        while start < n {
+            let len = (self.micro_batch as i64).min(n - start);
+            parts.push(self.model.features(&images.f_narrow(0, start, len)?)?);
+            start += len;
+        }
+        Ok(Tensor::f_cat(&parts, 0)?)
+    }
+}
+
+/// The curated part of a super-batch, as the trainer receives it.
+#[derive(Debug)]
+pub struct SubBatch {
+    /// Global sequence number of the super-batch it came from.
+    pub seq: u64,
+    /// Epoch.
+    pub epoch: usize,
+    /// Size of the super-batch it came from (B).
+    pub superbatch_len: usize,
+    /// Stable ids of the kept samples.
+    pub ids: Vec<u64>,
+    /// Kept images, `[b, C, H, W]` float32 on the configured device.
+    pub images: Tensor,
+    /// Their labels, `[b]` int64 on the same device.
+    pub labels: Tensor,
+    /// The selector's score of each kept sample.
+    pub scores: Vec<f32>,
+}
+
+/// Selection figures of a run.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
+pub struct SelectionStats {
+    /// Super-batches selected from.
+    pub superbatches: u64,
+    /// Samples seen by the selector.
+    pub samples_in: u64,
+    /// Samples kept.
+    pub samples_kept: u64,
+    /// Mean lambda2 over super-batches (0 for policies without a spectrum).
+    pub mean_lambda2: f64,
+    /// Mean lambda3.
+    pub mean_lambda3: f64,
+    /// Smallest `lambda3 - lambda2` seen (how close the Fiedler vector came to unstable).
+    pub min_gap: f64,
+    /// Mean milliseconds of selection per super-batch.
+    pub ms_per_selection: f64,
+    /// Mean milliseconds of feature extraction per super-batch.
+    pub ms_per_forward: f64,
+    /// Selection time as a fraction of feature-extraction time.
+    pub selection_over_forward: f64,
+    /// FNV-1a digest of every kept id in order: equal digests mean equal selections.
+    pub kept_digest: String,
+}
+
+#[derive(Default)]
+struct Acc {
+    n: u64,
+    samples_in: u64,
+    kept: u64,
+    l2: f64,
+    l3: f64,
+    min_gap: f64,
+    sel_s: f64,
+    fwd_s: f64,
+    digest: u64,
+}
+
+impl Acc {
+    fn new() -> Self {
+        Acc {
+            min_gap: f64::INFINITY,
+            digest: 0xcbf2_9ce4_8422_2325,
+            ..Default::default()
+        }
+    }
+    fn add(&mut self, s: &Selection, n_in: usize, ids: &[u64], fwd: f64) {
+        self.n += 1;
+        self.samples_in += n_in as u64;
+        self.kept += s.kept.len() as u64;
+        self.l2 += s.lambda2;
+        self.l3 += s.lambda3;
+        self.min_gap = self.min_gap.min(s.lambda3 - s.lambda2);
+        self.sel_s += s.seconds;
+        self.fwd_s += fwd;
+        for id in ids {
+            for b in id.to_le_bytes() {
+                self.digest = (self.digest ^ b as u64).wrapping_mul(0x0100_0000_01b3);
+            }
+        }
+    }
+    fn finish(&self) -> SelectionStats {
+        let n = self.n.max(1) as f64;
+        SelectionStats {
+            superbatches: self.n,
+            samples_in: self.samples_in,
+            samples_kept: self.kept,
+            mean_lambda2: self.l2 / n,
+            mean_lambda3: self.l3 / n,
+            min_gap: if self.min_gap.is_finite() {
+                self.min_gap
+            } else {
+                0.0
+            },
+            ms_per_selection: 1e3 * self.sel_s / n,
+            ms_per_forward: 1e3 * self.fwd_s / n,
+            selection_over_forward: if self.fwd_s > 0.0 {
+                self.sel_s / self.fwd_s
+            } else {
+                0.0
+            },
+            kept_digest: format!("{:016x}", self.digest),
+        }
+    }
+}
+
+/// Runs the extract stage: super-batches in, sub-batches out.
+/// `extractor` may be `None` only for policies that need no features.
+pub fn run_extract(
+    extractor: Option<Extractor>,
+    selector: Selector,
+    device: Device,
+    mut input: tokio::sync::mpsc::Receiver<Msg<SuperBatch>>,
+    out: tokio::sync::mpsc::Sender<Msg<SubBatch>>,
+    stats: &StageStats,
+    cancel: &Cancel,
+) -> Result<SelectionStats> {
+    let mut acc = Acc::new();
+    loop {
+        let t = Instant::now();
+        let Some(msg) = input.blocking_recv() else {
+            break;
+        };
+        stats.waited(t.elapsed());
+        if cancel.is_cancelled() {
+            break;
+        }
+        let sb = match msg {
+            Msg::EpochEnd { epoch } => {
+                if out.blocking_send(Msg::EpochEnd { epoch }).is_err() {
+                    break;
+                }
+                continue;
+            }
+            Msg::Data(sb) => sb,
+        };
+        let t = Instant::now();
+        let sub = curate(extractor.as_ref(), &selector, device, sb, &mut acc)?;
+        stats.item(sub.ids.len());
+        stats.busy(t.elapsed());
+        let t = Instant::now();
+        if out.blocking_send(Msg::Data(sub)).is_err() {
+            break;
+        }
+        stats.blocked(t.elapsed());
+    }
+    Ok(acc.finish())
+}
+
+fn curate(
+    extractor: Option<&Extractor>,
+    selector: &Selector,
+    device: Device,
+    sb: SuperBatch,
+    acc: &mut Acc,
+) -> Result<SubBatch> {
+    let n = sb.len();
+    let (c, h, w) = sb.shape;
+    let images = Tensor::f_from_slice(&sb.pixels)?
+        .f_view([n as i64, c as i64, h as i64, w as i64])?
+        .f_to_device(device)?;
+    let t = Instant::now();
+    let features = match (selector.config().policy.needs_features(), extractor) {
+        (true, Some(x)) => Some(x.features(&images)?),
+        (true, None) => {
+            return Err(Error::Selection {
+                superbatch: sb.seq,
+                message: "policy needs features but no extractor is loaded".into(),
+            })
+        }
+        (false, _) => None,
+    };
+    let fwd = t.elapsed().as_secs_f64();
+    let sel = selector
+        .select(n, features.as_ref(), sb.seq)
+        .map_err(|e| match e {
+            // Name the sample by id, not by its position in the super-batch.
+            Error::Selection {
+                superbatch,
+                message,
+            } => Error::Selection {
+                superbatch,
+                message: rename_position(&message, &sb.ids),
+            },
+            e => e,
+        })?;
+    let ids: Vec<u64> = sel.kept.iter().map(|&i| sb.ids[i]).collect();
+    acc.add(&sel, n, &ids, fwd);
+    let index = Tensor::f_from_slice(&sel.kept.iter().map(|&i| i as i64).collect::<Vec<_>>())?
+        .f_to_device(device)?;
+    let labels: Vec<i64> = sel.kept.iter().map(|&i| sb.labels[i]).collect();
+    Ok(SubBatch {
+        seq: sb.seq,
+        epoch: sb.epoch,
+        superbatch_len: n,
+        images: images.f_index_select(0, &index)?,
+        labels: Tensor::f_from_slice(&labels)?
+            .f_to_kind(Kind::Int64)?
+            .f_to_device(device)?,
+        scores: sel.kept.iter().map(|&i| sel.scores[i]).collect(),
+        ids,
+    })
+}
+
+/// "sample 3 ..." (position) -> "sample id 1234 (position 3) ...".
+fn rename_position(message: &str, ids: &[u64]) -> String {
+    let Some(rest) = message.strip_prefix("feature vector of sample ") else {
+        return message.to_string();
+    };
+    let (num, tail) = rest.split_once(' ').unwrap_or((rest, ""));
+    match num
+        .parse::<usize>()
+        .ok()
+        .and_then(|p| ids.get(p).map(|id| (p, id)))
+    {
+        Some((p, id)) => format!("feature vector of sample id {id} (position {p}) {tail}"),
+        None => message.to_string(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn positions_become_ids() {
+        assert_eq!(
+            super::rename_position("feature vector of sample 1 is all zeros", &[10, 20]),
+            "feature vector of sample id 20 (position 1) is all zeros"
+        );
+    }
+}

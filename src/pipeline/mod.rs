@@ -1,0 +1,308 @@
+//! Wiring: stages on their own threads, joined by bounded channels.
+//!
+//! ```text
+//!  source ──► loader (N decode workers) ──[loader_to_extract]──► extract + select ──[extract_to_train]──► train
+//! ```
+//!
+//! Each stage is an OS thread (`saln-loader`, `saln-extract`, `saln-train`); the loader
+//! owns its decode workers. Channels are tokio bounded channels used from threads
+//! (`blocking_send` / `blocking_recv`), so a slow stage makes the ones before it wait and
+//! memory stays bounded; the same channels can be read from async code (the loader API).
+//!
+//! Failure: a stage that errors sets the shared [`Cancel`] and drops its channel ends; the
+//! others see a closed channel or the flag and stop. A panic inside a stage is caught and
+//! becomes [`Error::Panic`]. The report is written in every case: completed, cancelled or
+//! failed.
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use crate::augment::Augmenter;
+use crate::batch::{run_loader, LoaderPlan, LoaderSummary};
+use crate::config::PipelineConfig;
+use crate::error::{Error, Result};
+use crate::extract::{run_extract, Extractor, SelectionStats};
+use crate::report::{DataReport, Report, Status};
+use crate::select::{Selector, SelectorConfig};
+use crate::source::{self, Split};
+use crate::train::{eval_set, run_train, EpochRecord, Trainer};
+
+pub mod metrics;
+pub use metrics::{StageSnapshot, StageStats};
+
+/// What flows through a channel: data, or the end of an epoch.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Msg<T> {
+    /// One item.
+    Data(T),
+    /// Every item of `epoch` (0-based) has been sent.
+    EpochEnd {
+        /// The epoch that ended.
+        epoch: usize,
+    },
+}
+
+/// A cancellation flag shared by every stage of a run. Cloning shares it.
+#[derive(Debug, Clone, Default)]
+pub struct Cancel(Arc<AtomicBool>);
+
+impl Cancel {
+    /// Asks every stage to stop after its current item.
+    pub fn cancel(&self) {
+        self.0.store(true, Ordering::SeqCst)
+    }
+    /// Whether [`Cancel::cancel`] was called.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.load(Ordering::SeqCst)
+    }
+}
+
+/// Something that happened during a run, for progress displays.
+#[derive(Debug, Clone)]
+pub enum Event {
+    /// Data opened and models loaded; stages are starting.
+    Started {
+        /// Learner samples per epoch.
+        learner_samples: usize,
+        /// Epochs.
+        epochs: usize,
+        /// Device name.
+        device: String,
+    },
+    /// An epoch finished and was evaluated.
+    Epoch(EpochRecord),
+    /// Periodic snapshot of every stage's counters.
+    Progress {
+        /// Seconds since start.
+        elapsed: f64,
+        /// One per stage.
+        stages: Vec<StageSnapshot>,
+    },
+}
+
+/// Receives [`Event`]s; called from the stage threads.
+pub type Observer = Arc<dyn Fn(&Event) + Send + Sync>;
+
+/// Turns a panic payload into text.
+pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
+    p.downcast_ref::<&str>()
+        .map(|s| s.to_string())
+        .or_else(|| p.downcast_ref::<String>().cloned())
+        .unwrap_or_else(|| "unknown panic".into())
+}
+
+/// Sets libtorch's intra-op thread count (0 leaves libtorch's default).
+pub fn set_torch_threads(n: usize) {
+    if n > 0 {
+        tch::set_num_threads(n as i32);
+    }
+}
+
+fn spawn_stage<T: Send + 'static>(
+    name: &'static str,
+    cancel: &Cancel,
+    f: impl FnOnce() -> Result<T> + Send + 'static,
+) -> Result<JoinHandle<Result<T>>> {
+    let cancel = cancel.clone();
+    std::thread::Builder::new()
+        .name(format!("saln-{name}"))
+        .spawn(move || {
+            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
+                .unwrap_or_else(|p| {
+                    Err(Error::Panic {
+                        stage: name,
+                        message: panic_message(&p),
+                    })
+                })
+                .map_err(|e| e.in_stage(name));
+            if r.is_err() {
+                cancel.cancel();
+            }
+            r
+        })
+        .map_err(|e| Error::io("<thread>", e))
+}
+
+fn join<T>(h: JoinHandle<Result<T>>, stage: &'static str) -> Result<T> {
+    h.join().unwrap_or_else(|p| {
+        Err(Error::Panic {
+            stage,
+            message: panic_message(&p),
+        })
+    })
+}
+
+/// Runs a whole pipeline: opens the data, loads the reference model, starts the stages,
+/// waits for them, writes the report to `cfg.report.path` and returns it.
+///
+/// Returns `Err` when a stage failed (the report, with `status: failed`, is written first);
+/// a cancelled run returns `Ok` with `status: cancelled` and the epochs that completed.
+pub fn run(cfg: &PipelineConfig, cancel: Cancel, observer: Option<Observer>) -> Result<Report> {
+    let start = Instant::now();
+    let mut issues = cfg.validate();
+    issues.extend(cfg.check_resources());
+    if !issues.is_empty() {
+        return Err(Error::ConfigInvalid {
+            path: "<config>".into(),
+            issues,
+        });
+    }
+    set_torch_threads(cfg.torch_threads);
+    let device = cfg.device();
+    let data = source::open(&cfg.source)?;
+    let split = Split::new(
+        data.train.len(),
+        cfg.source.holdout,
+        cfg.source.limit,
+        cfg.seed,
+    )?;
+    let shape = data.train.shape();
+    let classes = data.train.num_classes();
+    let aug = Arc::new(Augmenter::new(cfg.augment.ops.clone()));
+
+    let selector = Selector::new(SelectorConfig::from_config(cfg));
+    let extractor = if selector.config().policy.needs_features() {
+        Some(Extractor::load(
+            &cfg.extractor.weights,
+            &cfg.extractor.arch,
+            shape,
+            classes,
+            device,
+            cfg.extractor.micro_batch,
+        )?)
+    } else {
+        None
+    };
+    let test = eval_set(data.test.as_ref(), &aug, cfg.source.test_limit, device)?;
+    let test_samples = test.1.size()[0] as usize;
+    let mut trainer = Trainer::new(
+        &cfg.trainer.arch,
+        shape,
+        classes,
+        cfg.trainer.lr,
+        cfg.seed,
+        device,
+        test,
+        cfg.trainer.eval_batch,
+    )?;
+
+    let observer: Observer = observer.unwrap_or_else(|| Arc::new(|_: &Event| {}));
+    observer(&Event::Started {
+        learner_samples: split.learner.len(),
+        epochs: cfg.trainer.epochs,
+        device: crate::device::name(device),
+    });
+
+    let stats = [
+        Arc::new(StageStats::new("loader")),
+        Arc::new(StageStats::new("extract")),
+        Arc::new(StageStats::new("train")),
+    ];
+    let (sb_tx, sb_rx) = tokio::sync::mpsc::channel(cfg.channels.loader_to_extract);
+    let (sub_tx, sub_rx) = tokio::sync::mpsc::channel(cfg.channels.extract_to_train);
+
+    let plan = LoaderPlan {
+        indices: split.learner.clone(),
+        epochs: cfg.trainer.epochs,
+        size: cfg.superbatch.size,
+        drop_last: cfg.superbatch.drop_last,
+        seed: cfg.seed,
+        workers: cfg.augment.workers,
+        prefetch: cfg.superbatch.prefetch,
+        on_error: cfg.source.on_error,
+    };
+    let loader = {
+        let (src, aug, st, c) = (
+            data.train.clone(),
+            aug.clone(),
+            stats[0].clone(),
+            cancel.clone(),
+        );
+        spawn_stage("loader", &cancel, move || {
+            run_loader(src, aug, plan, sb_tx, &st, &c)
+        })?
+    };
+    let extract = {
+        let (st, c) = (stats[1].clone(), cancel.clone());
+        spawn_stage("extract", &cancel, move || {
+            run_extract(extractor, selector, device, sb_rx, sub_tx, &st, &c)
+        })?
+    };
+    let train = {
+        let (st, c, obs) = (stats[2].clone(), cancel.clone(), observer.clone());
+        spawn_stage("train", &cancel, move || {
+            let on_epoch = move |r: &EpochRecord| obs(&Event::Epoch(r.clone()));
+            run_train(&mut trainer, sub_rx, &st, &c, start, &on_epoch)
+        })?
+    };
+
+    // Progress ticks until the last stage ends.
+    let finished = Arc::new(AtomicBool::new(false));
+    let ticker = (cfg.report.progress_seconds > 0.0).then(|| {
+        let (finished, stats, obs) = (finished.clone(), stats.clone(), observer.clone());
+        let every = Duration::from_secs_f64(cfg.report.progress_seconds);
+        std::thread::spawn(move || {
+            let mut next = Instant::now() + every;
+            while !finished.load(Ordering::SeqCst) {
+                std::thread::sleep(Duration::from_millis(50));
+                if Instant::now() >= next {
+                    next += every;
+                    obs(&Event::Progress {
+                        elapsed: start.elapsed().as_secs_f64(),
+                        stages: stats.iter().map(|s| s.snapshot()).collect(),
+                    });
+                }
+            }
+        })
+    });
+
+    let loaded: Result<LoaderSummary> = join(loader, "loader");
+    let selected: Result<SelectionStats> = join(extract, "extract");
+    let trained: Result<Vec<EpochRecord>> = join(train, "train");
+    finished.store(true, Ordering::SeqCst);
+    if let Some(t) = ticker {
+        let _ = t.join();
+    }
+
+    let mut error = None;
+    let loaded = loaded.unwrap_or_else(|e| {
+        error.get_or_insert(e);
+        LoaderSummary::default()
+    });
+    let selected = selected.unwrap_or_else(|e| {
+        error.get_or_insert(e);
+        SelectionStats::default()
+    });
+    let epochs = trained.unwrap_or_else(|e| {
+        error.get_or_insert(e);
+        Vec::new()
+    });
+    let status = match (&error, cancel.is_cancelled()) {
+        (Some(_), _) => Status::Failed,
+        (None, true) => Status::Cancelled,
+        (None, false) => Status::Completed,
+    };
+    let report = Report::new(
+        cfg,
+        crate::device::name(device),
+        status,
+        error.as_ref().map(|e| e.to_string()),
+        DataReport {
+            learner_samples: split.learner.len(),
+            holdout_samples: split.holdout.len(),
+            test_samples,
+            skipped: loaded.skipped,
+            first_skipped: loaded.first_skipped,
+        },
+        epochs,
+        stats.iter().map(|s| s.snapshot()).collect(),
+        selected,
+        start.elapsed().as_secs_f64(),
+    );
+    report.write(&cfg.report.path)?;
+    match error {
+        Some(e) => Err(e),
+        None => Ok(report),
+    }
+}

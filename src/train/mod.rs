@@ -1,0 +1,201 @@
+//! The train stage: the learner, trained on curated sub-batches and evaluated on the test
+//! split after every epoch.
+//!
+//! Each sub-batch is one Adam step, so with `keep_ratio = 0.25` and `B = 256` the learner
+//! takes steps of 64 samples; with the `none` policy, steps of 256. The learner's
+//! initialisation comes from the run seed.
+use std::time::Instant;
+
+use serde::Serialize;
+use tch::nn::{self, OptimizerConfig};
+use tch::{Device, Kind, Tensor};
+
+use crate::augment::Augmenter;
+use crate::error::{Error, Result};
+use crate::extract::SubBatch;
+use crate::model::{correct, cross_entropy, Cnn, CnnArch};
+use crate::pipeline::{Cancel, Msg, StageStats};
+use crate::source::Source;
+
+/// One epoch's figures, as printed and reported.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct EpochRecord {
+    /// Epoch (1-based, as printed).
+    pub epoch: usize,
+    /// Accuracy on the test split after the epoch, in [0, 1].
+    pub test_accuracy: f64,
+    /// Mean training loss over the epoch's steps.
+    pub train_loss: f64,
+    /// Samples the loader delivered (super-batch samples).
+    pub images_seen: u64,
+    /// Samples the learner trained on (kept samples).
+    pub images_trained: u64,
+    /// Optimizer steps.
+    pub steps: u64,
+    /// Wall seconds from the start of the run to the end of this epoch's evaluation.
+    pub wall_seconds: f64,
+}
+
+/// Packs `[n*C*H*W]` pixels and `[n]` labels into tensors on `device`:
+/// images `[n, C, H, W]` float32, labels `[n]` int64.
+pub fn images_tensor(
+    pixels: &[f32],
+    labels: &[i64],
+    shape: (usize, usize, usize),
+    device: Device,
+) -> Result<(Tensor, Tensor)> {
+    let (c, h, w) = shape;
+    let x = Tensor::f_from_slice(pixels)?
+        .f_view([labels.len() as i64, c as i64, h as i64, w as i64])?
+        .f_to_device(device)?;
+    let y = Tensor::f_from_slice(labels)?
+        .f_to_kind(Kind::Int64)?
+        .f_to_device(device)?;
+    Ok((x, y))
+}
+
+/// The test split as tensors (deterministic transforms only), at most `limit` samples.
+pub fn eval_set(
+    source: &dyn Source,
+    aug: &Augmenter,
+    limit: Option<usize>,
+    device: Device,
+) -> Result<(Tensor, Tensor)> {
+    let n = limit.map_or(source.len(), |l| l.min(source.len()));
+    let mut pixels = Vec::new();
+    let mut labels = Vec::with_capacity(n);
+    for i in 0..n {
+        let s = source.get(i)?;
+        let img = aug.eval(&s.image).map_err(|e| match e {
+            Error::Sample { message, .. } => Error::Sample {
+                sample: source.locate(i),
+                message,
+            },
+            e => e,
+        })?;
+        pixels.extend_from_slice(&img.data);
+        labels.push(s.label);
+    }
+    images_tensor(&pixels, &labels, source.shape(), device)
+}
+
+/// Accuracy of `model` on `x` (`[n, C, H, W]`) against `y` (`[n]`), `batch` at a time.
+pub fn evaluate(model: &Cnn, x: &Tensor, y: &Tensor, batch: usize) -> Result<f64> {
+    let _guard = tch::no_grad_guard();
+    let n = x.size()[0];
+    let (mut right, mut start) = (0i64, 0i64);
+    while start < n {
+        let len = (batch as i64).min(n - start);
+        let logits = model.logits(&x.f_narrow(0, start, len)?)?;
+        right += correct(&logits, &y.f_narrow(0, start, len)?)?;
+        start += len;
+    }
+    Ok(right as f64 / n.max(1) as f64)
+}
+
+/// The learner with its optimizer and the test set.
+pub struct Trainer {
+    vs: nn::VarStore,
+    model: Cnn,
+    opt: nn::Optimizer,
+    test_x: Tensor,
+    test_y: Tensor,
+    eval_batch: usize,
+}
+
+impl Trainer {
+    /// A fresh learner initialised from `seed`.
+    #[allow(clippy::too_many_arguments)]
+    pub fn new(
+        arch: &CnnArch,
+        shape: (usize, usize, usize),
+        classes: usize,
+        lr: f64,
+        seed: u64,
+        device: Device,
+        test: (Tensor, Tensor),
+        eval_batch: usize,
+    ) -> Result<Trainer> {
+        tch::manual_seed(seed as i64);
+        let vs = nn::VarStore::new(device);
+        let model = Cnn::new(&vs.root(), arch, shape, classes);
+        let opt = nn::Adam::default().build(&vs, lr)?;
+        Ok(Trainer {
+            vs,
+            model,
+            opt,
+            test_x: test.0,
+            test_y: test.1,
+            eval_batch: eval_batch.max(1),
+        })
+    }
+
+    /// One optimizer step on `images` `[b, C, H, W]`, `labels` `[b]`; returns the loss.
+    pub fn step(&mut self, images: &Tensor, labels: &Tensor) -> Result<f64> {
+        let loss = cross_entropy(&self.model.logits(images)?, labels)?;
+        self.opt.zero_grad();
+        loss.f_backward()?;
+        self.opt.step();
+        Ok(loss.f_double_value(&[])?)
+    }
+
+    /// Test accuracy now.
+    pub fn evaluate(&self) -> Result<f64> {
+        evaluate(&self.model, &self.test_x, &self.test_y, self.eval_batch)
+    }
+
+    /// The learner's variables (to save them).
+    pub fn var_store(&self) -> &nn::VarStore {
+        &self.vs
+    }
+}
+
+/// Runs the train stage until the input closes. `on_epoch` sees each epoch's record as soon
+/// as it is evaluated. `start` is the run's start, for `wall_seconds`.
+pub fn run_train(
+    trainer: &mut Trainer,
+    mut input: tokio::sync::mpsc::Receiver<Msg<SubBatch>>,
+    stats: &StageStats,
+    cancel: &Cancel,
+    start: Instant,
+    on_epoch: &(dyn Fn(&EpochRecord) + Send + Sync),
+) -> Result<Vec<EpochRecord>> {
+    let mut records = Vec::new();
+    let (mut seen, mut trained, mut steps, mut loss_sum) = (0u64, 0u64, 0u64, 0.0f64);
+    loop {
+        let t = Instant::now();
+        let Some(msg) = input.blocking_recv() else {
+            break;
+        };
+        stats.waited(t.elapsed());
+        if cancel.is_cancelled() {
+            break;
+        }
+        let t = Instant::now();
+        match msg {
+            Msg::Data(sub) => {
+                loss_sum += trainer.step(&sub.images, &sub.labels)?;
+                steps += 1;
+                seen += sub.superbatch_len as u64;
+                trained += sub.ids.len() as u64;
+                stats.item(sub.ids.len());
+            }
+            Msg::EpochEnd { epoch } => {
+                let rec = EpochRecord {
+                    epoch: epoch + 1,
+                    test_accuracy: trainer.evaluate()?,
+                    train_loss: loss_sum / steps.max(1) as f64,
+                    images_seen: seen,
+                    images_trained: trained,
+                    steps,
+                    wall_seconds: start.elapsed().as_secs_f64(),
+                };
+                on_epoch(&rec);
+                records.push(rec);
+                (seen, trained, steps, loss_sum) = (0, 0, 0, 0.0);
+            }
+        }
+        stats.busy(t.elapsed());
+    }
+    Ok(records)
+}
