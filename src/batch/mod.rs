@@ -169,7 +169,7 @@ pub fn run_loader(
     aug: Arc<Augmenter>,
     plan: LoaderPlan,
     out: tokio::sync::mpsc::Sender<Msg<SuperBatch>>,
-    stats: &StageStats,
+    stats: &Arc<StageStats>,
     cancel: &Cancel,
 ) -> Result<LoaderSummary> {
     let epochs: Vec<Vec<Vec<usize>>> = (0..plan.epochs)
@@ -206,14 +206,14 @@ pub fn run_loader(
     for w in 0..plan.workers.max(1) {
         let (job_rx, done_tx) = (job_rx.clone(), done_tx.clone());
         let (source, aug) = (source.clone(), aug.clone());
-        let (seed, on_error) = (plan.seed, plan.on_error);
+        let (seed, on_error, stats) = (plan.seed, plan.on_error, stats.clone());
         let handle = std::thread::Builder::new()
             .name(format!("saln-decode-{w}"))
             .spawn(move || {
                 for job in job_rx {
                     let (seq, epoch) = (job.seq, job.epoch);
                     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        build(source.as_ref(), &aug, seed, on_error, &job)
+                        stats.time_busy(|| build(source.as_ref(), &aug, seed, on_error, &job))
                     }))
                     .unwrap_or_else(|p| {
                         Err(Error::Panic {
@@ -344,7 +344,7 @@ mod tests {
             AugmentOp::Rotate { max_degrees: 10.0 },
         ]));
         let (tx, mut rx) = tokio::sync::mpsc::channel(2);
-        let stats = StageStats::new("loader");
+        let stats = Arc::new(StageStats::new("loader"));
         let cancel = Cancel::default();
         let h = std::thread::spawn(move || {
             let mut v = Vec::new();
@@ -444,7 +444,7 @@ mod tests {
             aug,
             p,
             tx,
-            &StageStats::new("loader"),
+            &Arc::new(StageStats::new("loader")),
             &Cancel::default(),
         )
         .unwrap_err()
@@ -462,7 +462,7 @@ mod tests {
             aug,
             plan(100, 2),
             tx,
-            &StageStats::new("loader"),
+            &Arc::new(StageStats::new("loader")),
             &Cancel::default(),
         )
         .unwrap();

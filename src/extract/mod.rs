@@ -222,8 +222,9 @@ pub fn run_extract(
             Msg::Data(sb) => sb,
         };
         let t = Instant::now();
+        let n = sb.len();
         let sub = curate(extractor.as_ref(), &selector, device, sb, &mut acc)?;
-        stats.item(sub.ids.len());
+        stats.item(n);
         stats.busy(t.elapsed());
         let t = Instant::now();
         if out.blocking_send(Msg::Data(sub)).is_err() {

@@ -22,10 +22,10 @@ use crate::augment::Augmenter;
 use crate::batch::{run_loader, LoaderPlan, LoaderSummary};
 use crate::config::PipelineConfig;
 use crate::error::{Error, Result};
-use crate::extract::{run_extract, Extractor, SelectionStats};
+use crate::extract::{run_extract, Extractor, SelectionStats, SubBatch};
 use crate::report::{DataReport, Report, Status};
 use crate::select::{Selector, SelectorConfig};
-use crate::source::{self, Split};
+use crate::source::{self, DataSet, Split};
 use crate::train::{eval_set, run_train, EpochRecord, Trainer};
 
 pub mod metrics;
@@ -133,104 +133,230 @@ fn join<T>(h: JoinHandle<Result<T>>, stage: &'static str) -> Result<T> {
     })
 }
 
-/// Runs a whole pipeline: opens the data, loads the reference model, starts the stages,
-/// waits for them, writes the report to `cfg.report.path` and returns it.
+/// The front half of a pipeline, running: source -> loader -> extract + select. Its
+/// output is the stream of curated [`SubBatch`]es in `output`; whoever holds it (the train
+/// stage, the loader API, the Parquet exporter) consumes it. Dropping `output` stops the
+/// stages; [`Curation::finish`] joins them.
+pub struct Curation {
+    /// Curated sub-batches, in super-batch order, with epoch markers.
+    pub output: tokio::sync::mpsc::Receiver<Msg<SubBatch>>,
+    /// Figures of the run so far.
+    pub info: RunInfo,
+    /// Live counters: `[loader, extract]`.
+    pub stats: Vec<Arc<StageStats>>,
+    /// The run's cancellation flag.
+    pub cancel: Cancel,
+    loader: JoinHandle<Result<LoaderSummary>>,
+    extract: JoinHandle<Result<SelectionStats>>,
+}
+
+/// Static facts about a started run.
+#[derive(Debug, Clone)]
+pub struct RunInfo {
+    /// The data set, opened.
+    pub data: Arc<DataSet>,
+    /// The learner / reference split.
+    pub split: Split,
+    /// `(C, H, W)` of every image.
+    pub shape: (usize, usize, usize),
+    /// Number of classes.
+    pub classes: usize,
+    /// The resolved device.
+    pub device: tch::Device,
+    /// The augmenter (its deterministic part also prepares test images).
+    pub augmenter: Arc<Augmenter>,
+}
+
+/// What the front half did.
+#[derive(Debug, Clone, Default)]
+pub struct CurationSummary {
+    /// Loader figures.
+    pub loader: LoaderSummary,
+    /// Selection figures.
+    pub selection: SelectionStats,
+}
+
+impl Curation {
+    /// Validates `cfg`, opens the data, loads the reference model (when the policy needs
+    /// it) and starts the loader and extract stages.
+    pub fn start(cfg: &PipelineConfig, cancel: Cancel) -> Result<Curation> {
+        let mut issues = cfg.validate();
+        issues.extend(cfg.check_resources());
+        if !issues.is_empty() {
+            return Err(Error::ConfigInvalid {
+                path: "<config>".into(),
+                issues,
+            });
+        }
+        set_torch_threads(cfg.torch_threads);
+        let device = cfg.device();
+        let data = Arc::new(source::open(&cfg.source)?);
+        let split = Split::new(
+            data.train.len(),
+            cfg.source.holdout,
+            cfg.source.limit,
+            cfg.seed,
+        )?;
+        let shape = data.train.shape();
+        let classes = data.train.num_classes();
+        let augmenter = Arc::new(Augmenter::new(cfg.augment.ops.clone()));
+        let selector = Selector::new(SelectorConfig::from_config(cfg));
+        let extractor = if selector.config().policy.needs_features() {
+            Some(Extractor::load(
+                &cfg.extractor.weights,
+                &cfg.extractor.arch,
+                shape,
+                classes,
+                device,
+                cfg.extractor.micro_batch,
+            )?)
+        } else {
+            None
+        };
+        let stats = vec![
+            Arc::new(StageStats::new("loader")),
+            Arc::new(StageStats::new("extract")),
+        ];
+        let (sb_tx, sb_rx) = tokio::sync::mpsc::channel(cfg.channels.loader_to_extract);
+        let (sub_tx, sub_rx) = tokio::sync::mpsc::channel(cfg.channels.extract_to_train);
+        let plan = LoaderPlan {
+            indices: split.learner.clone(),
+            epochs: cfg.trainer.epochs,
+            size: cfg.superbatch.size,
+            drop_last: cfg.superbatch.drop_last,
+            seed: cfg.seed,
+            workers: cfg.augment.workers,
+            prefetch: cfg.superbatch.prefetch,
+            on_error: cfg.source.on_error,
+        };
+        let loader = {
+            let (src, aug, st, c) = (
+                data.train.clone(),
+                augmenter.clone(),
+                stats[0].clone(),
+                cancel.clone(),
+            );
+            spawn_stage("loader", &cancel, move || {
+                run_loader(src, aug, plan, sb_tx, &st, &c)
+            })?
+        };
+        let extract = {
+            let (st, c) = (stats[1].clone(), cancel.clone());
+            spawn_stage("extract", &cancel, move || {
+                run_extract(extractor, selector, device, sb_rx, sub_tx, &st, &c)
+            })?
+        };
+        Ok(Curation {
+            output: sub_rx,
+            info: RunInfo {
+                data,
+                split,
+                shape,
+                classes,
+                device,
+                augmenter,
+            },
+            stats,
+            cancel,
+            loader,
+            extract,
+        })
+    }
+
+    /// Splits off the output channel, leaving a handle to join the stages with.
+    pub fn into_parts(self) -> (tokio::sync::mpsc::Receiver<Msg<SubBatch>>, CurationHandle) {
+        (
+            self.output,
+            CurationHandle {
+                info: self.info,
+                stats: self.stats,
+                cancel: self.cancel,
+                loader: self.loader,
+                extract: self.extract,
+            },
+        )
+    }
+}
+
+/// The stages of a [`Curation`] whose output was taken with [`Curation::into_parts`].
+pub struct CurationHandle {
+    /// Figures of the run.
+    pub info: RunInfo,
+    /// Live counters: `[loader, extract]`.
+    pub stats: Vec<Arc<StageStats>>,
+    /// The run's cancellation flag.
+    pub cancel: Cancel,
+    loader: JoinHandle<Result<LoaderSummary>>,
+    extract: JoinHandle<Result<SelectionStats>>,
+}
+
+impl CurationHandle {
+    /// Waits for the loader and extract stages. The first error wins; a stage that stopped
+    /// because its consumer went away is not an error.
+    pub fn finish(self) -> (CurationSummary, Option<Error>) {
+        let mut error = None;
+        let loader = join(self.loader, "loader").unwrap_or_else(|e| {
+            error.get_or_insert(e);
+            LoaderSummary::default()
+        });
+        let selection = join(self.extract, "extract").unwrap_or_else(|e| {
+            error.get_or_insert(e);
+            SelectionStats::default()
+        });
+        (CurationSummary { loader, selection }, error)
+    }
+}
+
+/// Runs a whole pipeline: the [`Curation`] front half, then the train stage on its output;
+/// writes the report to `cfg.report.path` and returns it.
 ///
 /// Returns `Err` when a stage failed (the report, with `status: failed`, is written first);
 /// a cancelled run returns `Ok` with `status: cancelled` and the epochs that completed.
 pub fn run(cfg: &PipelineConfig, cancel: Cancel, observer: Option<Observer>) -> Result<Report> {
     let start = Instant::now();
-    let mut issues = cfg.validate();
-    issues.extend(cfg.check_resources());
-    if !issues.is_empty() {
-        return Err(Error::ConfigInvalid {
-            path: "<config>".into(),
-            issues,
-        });
-    }
-    set_torch_threads(cfg.torch_threads);
-    let device = cfg.device();
-    let data = source::open(&cfg.source)?;
-    let split = Split::new(
-        data.train.len(),
-        cfg.source.holdout,
-        cfg.source.limit,
-        cfg.seed,
-    )?;
-    let shape = data.train.shape();
-    let classes = data.train.num_classes();
-    let aug = Arc::new(Augmenter::new(cfg.augment.ops.clone()));
-
-    let selector = Selector::new(SelectorConfig::from_config(cfg));
-    let extractor = if selector.config().policy.needs_features() {
-        Some(Extractor::load(
-            &cfg.extractor.weights,
-            &cfg.extractor.arch,
-            shape,
-            classes,
-            device,
-            cfg.extractor.micro_batch,
-        )?)
-    } else {
-        None
+    let curation = Curation::start(cfg, cancel.clone())?;
+    let (sub_rx, handle) = curation.into_parts();
+    let info = handle.info.clone();
+    let test = eval_set(
+        info.data.test.as_ref(),
+        &info.augmenter,
+        cfg.source.test_limit,
+        info.device,
+    );
+    let trainer = test.and_then(|test| {
+        Trainer::new(
+            &cfg.trainer.arch,
+            info.shape,
+            info.classes,
+            cfg.trainer.lr,
+            cfg.seed,
+            info.device,
+            test,
+            cfg.trainer.eval_batch,
+        )
+    });
+    let mut trainer = match trainer {
+        Ok(t) => t,
+        Err(e) => {
+            cancel.cancel();
+            drop(sub_rx);
+            let _ = handle.finish();
+            return Err(e);
+        }
     };
-    let test = eval_set(data.test.as_ref(), &aug, cfg.source.test_limit, device)?;
-    let test_samples = test.1.size()[0] as usize;
-    let mut trainer = Trainer::new(
-        &cfg.trainer.arch,
-        shape,
-        classes,
-        cfg.trainer.lr,
-        cfg.seed,
-        device,
-        test,
-        cfg.trainer.eval_batch,
-    )?;
+    let test_samples = trainer.test_len();
 
     let observer: Observer = observer.unwrap_or_else(|| Arc::new(|_: &Event| {}));
     observer(&Event::Started {
-        learner_samples: split.learner.len(),
+        learner_samples: info.split.learner.len(),
         epochs: cfg.trainer.epochs,
-        device: crate::device::name(device),
+        device: crate::device::name(info.device),
     });
-
-    let stats = [
-        Arc::new(StageStats::new("loader")),
-        Arc::new(StageStats::new("extract")),
-        Arc::new(StageStats::new("train")),
-    ];
-    let (sb_tx, sb_rx) = tokio::sync::mpsc::channel(cfg.channels.loader_to_extract);
-    let (sub_tx, sub_rx) = tokio::sync::mpsc::channel(cfg.channels.extract_to_train);
-
-    let plan = LoaderPlan {
-        indices: split.learner.clone(),
-        epochs: cfg.trainer.epochs,
-        size: cfg.superbatch.size,
-        drop_last: cfg.superbatch.drop_last,
-        seed: cfg.seed,
-        workers: cfg.augment.workers,
-        prefetch: cfg.superbatch.prefetch,
-        on_error: cfg.source.on_error,
-    };
-    let loader = {
-        let (src, aug, st, c) = (
-            data.train.clone(),
-            aug.clone(),
-            stats[0].clone(),
-            cancel.clone(),
-        );
-        spawn_stage("loader", &cancel, move || {
-            run_loader(src, aug, plan, sb_tx, &st, &c)
-        })?
-    };
-    let extract = {
-        let (st, c) = (stats[1].clone(), cancel.clone());
-        spawn_stage("extract", &cancel, move || {
-            run_extract(extractor, selector, device, sb_rx, sub_tx, &st, &c)
-        })?
-    };
+    let train_stats = Arc::new(StageStats::new("train"));
+    let mut stats = handle.stats.clone();
+    stats.push(train_stats.clone());
     let train = {
-        let (st, c, obs) = (stats[2].clone(), cancel.clone(), observer.clone());
+        let (st, c, obs) = (train_stats, cancel.clone(), observer.clone());
         spawn_stage("train", &cancel, move || {
             let on_epoch = move |r: &EpochRecord| obs(&Event::Epoch(r.clone()));
             run_train(&mut trainer, sub_rx, &st, &c, start, &on_epoch)
@@ -257,27 +383,20 @@ pub fn run(cfg: &PipelineConfig, cancel: Cancel, observer: Option<Observer>) -> 
         })
     });
 
-    let loaded: Result<LoaderSummary> = join(loader, "loader");
-    let selected: Result<SelectionStats> = join(extract, "extract");
-    let trained: Result<Vec<EpochRecord>> = join(train, "train");
+    let trained = join(train, "train");
+    let (summary, mut error) = handle.finish();
     finished.store(true, Ordering::SeqCst);
     if let Some(t) = ticker {
         let _ = t.join();
     }
-
-    let mut error = None;
-    let loaded = loaded.unwrap_or_else(|e| {
-        error.get_or_insert(e);
-        LoaderSummary::default()
-    });
-    let selected = selected.unwrap_or_else(|e| {
-        error.get_or_insert(e);
-        SelectionStats::default()
-    });
-    let epochs = trained.unwrap_or_else(|e| {
-        error.get_or_insert(e);
-        Vec::new()
-    });
+    let epochs = match trained {
+        Ok(e) => e,
+        Err(e) => {
+            // The trainer's own failure is the root cause; upstream only saw a closed channel.
+            error = Some(e);
+            Vec::new()
+        }
+    };
     let status = match (&error, cancel.is_cancelled()) {
         (Some(_), _) => Status::Failed,
         (None, true) => Status::Cancelled,
@@ -285,19 +404,19 @@ pub fn run(cfg: &PipelineConfig, cancel: Cancel, observer: Option<Observer>) -> 
     };
     let report = Report::new(
         cfg,
-        crate::device::name(device),
+        crate::device::name(info.device),
         status,
         error.as_ref().map(|e| e.to_string()),
         DataReport {
-            learner_samples: split.learner.len(),
-            holdout_samples: split.holdout.len(),
+            learner_samples: info.split.learner.len(),
+            holdout_samples: info.split.holdout.len(),
             test_samples,
-            skipped: loaded.skipped,
-            first_skipped: loaded.first_skipped,
+            skipped: summary.loader.skipped,
+            first_skipped: summary.loader.first_skipped,
         },
         epochs,
         stats.iter().map(|s| s.snapshot()).collect(),
-        selected,
+        summary.selection,
         start.elapsed().as_secs_f64(),
     );
     report.write(&cfg.report.path)?;

@@ -114,6 +114,15 @@ pub struct DataSet {
     pub test: Arc<dyn Source>,
 }
 
+impl std::fmt::Debug for DataSet {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("DataSet")
+            .field("train", &self.train.len())
+            .field("test", &self.test.len())
+            .finish()
+    }
+}
+
 /// Opens the data set a config names. Missing or malformed files are errors naming the file.
 pub fn open(cfg: &SourceConfig) -> Result<DataSet> {
     match &cfg.idx {

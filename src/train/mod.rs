@@ -144,6 +144,11 @@ impl Trainer {
         evaluate(&self.model, &self.test_x, &self.test_y, self.eval_batch)
     }
 
+    /// Number of test samples.
+    pub fn test_len(&self) -> usize {
+        self.test_y.size()[0] as usize
+    }
+
     /// The learner's variables (to save them).
     pub fn var_store(&self) -> &nn::VarStore {
         &self.vs
