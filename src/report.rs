@@ -3,9 +3,11 @@
 //!
 //! Written atomically (temporary file, then rename) at the end of every run, also when the
 //! run was cancelled or failed, so a report that exists is always complete JSON.
+use crate::config::Issues;
 use std::path::Path;
 
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 
 use crate::config::PipelineConfig;
 use crate::error::{Error, Result};
@@ -124,4 +126,35 @@ pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         Error::io(path, e)
     })
+}
+
+// ---- configuration ----
+
+/// The report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportConfig {
+    /// JSON report path (written atomically at the end, also after Ctrl-C).
+    #[serde(default = "d_report")]
+    pub path: PathBuf,
+    /// Seconds between progress lines (0 = only per-epoch lines).
+    #[serde(default = "d_progress")]
+    pub progress_seconds: f64,
+}
+
+pub(crate) fn d_progress() -> f64 {
+    10.0
+}
+pub(crate) fn d_report() -> PathBuf {
+    "target/saln/report.json".into()
+}
+
+impl ReportConfig {
+    /// Adds this section's problems to `v`.
+    pub fn validate(&self, v: &mut Issues) {
+        let p = self.progress_seconds;
+        v.check(p >= 0.0 && p.is_finite(), "report.progress_seconds", || {
+            "must be a non-negative number".into()
+        });
+    }
 }

@@ -10,6 +10,8 @@
 //! Random ops are for training only. [`Augmenter::eval`] applies just the deterministic
 //! ones (`normalize`), which is what test images and the reference model's pretraining
 //! evaluation get.
+use crate::config::Issues;
+
 use serde::{Deserialize, Serialize};
 
 use crate::error::{Error, Result};
@@ -293,6 +295,45 @@ fn rotate(img: &mut Image, radians: f64) {
         }
     }
     img.data = out;
+}
+
+// ---- configuration ----
+
+/// Augmentation.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AugmentConfig {
+    /// Decode/augment worker threads. The output does not depend on this number.
+    #[serde(default = "d_workers")]
+    pub workers: usize,
+    /// Ordered list of ops, e.g. `- hflip: { p: 0.5 }`. Random ops apply to training images
+    /// only; `normalize` also applies to test images and to the reference model's inputs.
+    #[serde(default = "d_ops")]
+    pub ops: Vec<AugmentOp>,
+}
+
+pub(crate) fn d_ops() -> Vec<AugmentOp> {
+    vec![AugmentOp::Normalize {
+        mean: vec![0.5],
+        std: vec![0.5],
+    }]
+}
+pub(crate) fn d_workers() -> usize {
+    2
+}
+
+impl AugmentConfig {
+    /// Adds this section's problems to `v`.
+    pub fn validate(&self, v: &mut Issues) {
+        v.check(self.workers > 0, "augment.workers", || {
+            "must be at least 1".into()
+        });
+        for (i, op) in self.ops.iter().enumerate() {
+            if let Err(e) = op.validate() {
+                v.at(&format!("augment.ops[{i}]"), e);
+            }
+        }
+    }
 }
 
 #[cfg(test)]

@@ -8,15 +8,17 @@
 //! function of the seed alone: 1, 2 or 8 workers give byte-identical super-batches.
 //!
 //! Memory is bounded by `prefetch + channel capacity` super-batches.
+use crate::config::Issues;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
 use crate::augment::Augmenter;
-use crate::config::OnError;
 use crate::error::{Error, Result};
 use crate::pipeline::{Cancel, Msg, StageStats};
 use crate::rng::{self, Rng};
+use crate::source::OnError;
 use crate::source::Source;
 
 /// One super-batch of augmented images, ready for the extractor.
@@ -300,6 +302,42 @@ pub fn run_loader(
         // The consumer went away or the run was cancelled: not the loader's failure.
         Err(Error::Cancelled) => Ok(summary),
         Err(e) => Err(e),
+    }
+}
+
+// ---- configuration ----
+
+/// Super-batches.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SuperBatchConfig {
+    /// Samples per super-batch (B).
+    #[serde(default = "d_superbatch")]
+    pub size: usize,
+    /// Super-batches being decoded ahead of the one the extractor needs.
+    #[serde(default = "d_prefetch")]
+    pub prefetch: usize,
+    /// Drop the last, incomplete super-batch of each epoch (default: keep it, nothing lost).
+    #[serde(default)]
+    pub drop_last: bool,
+}
+
+pub(crate) fn d_prefetch() -> usize {
+    4
+}
+pub(crate) fn d_superbatch() -> usize {
+    256
+}
+
+impl SuperBatchConfig {
+    /// Adds this section's problems to `v`.
+    pub fn validate(&self, v: &mut Issues) {
+        v.check(self.size >= 2, "superbatch.size", || {
+            format!("must be at least 2, got {}", self.size)
+        });
+        v.check(self.prefetch > 0, "superbatch.prefetch", || {
+            "must be at least 1".into()
+        });
     }
 }
 

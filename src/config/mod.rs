@@ -17,13 +17,22 @@
 //! assert_eq!(cfg.superbatch.size, 256);
 //! assert_eq!(cfg.selection.keep_ratio, 0.25);
 //! ```
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 use serde::{Deserialize, Serialize};
 
-use crate::augment::AugmentOp;
 use crate::error::{ConfigIssue, Error, Result};
-use crate::select::{Policy, Rule, WeightMapping};
+
+pub use crate::augment::AugmentConfig;
+pub use crate::batch::SuperBatchConfig;
+pub use crate::extract::pretrain::PretrainConfig;
+pub use crate::extract::ExtractorConfig;
+pub use crate::pipeline::ChannelConfig;
+pub use crate::report::ReportConfig;
+pub use crate::select::SelectionConfig;
+pub use crate::source::idx::IdxConfig;
+pub use crate::source::{OnError, SourceConfig};
+pub use crate::train::TrainerConfig;
 
 /// A whole pipeline: source -> augment -> super-batches -> extract + select -> train -> report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -64,185 +73,28 @@ pub struct PipelineConfig {
     pub report: ReportConfig,
 }
 
-/// The data set. Exactly one format block (`idx`) must be given.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SourceConfig {
-    /// MNIST-family IDX files (gzipped or not).
-    #[serde(default)]
-    pub idx: Option<IdxConfig>,
-    /// Training samples held out for the reference model (never seen by the learner).
-    #[serde(default = "defaults::holdout")]
-    pub holdout: usize,
-    /// Use at most this many learner samples (after the holdout is taken); for quick runs.
-    #[serde(default)]
-    pub limit: Option<usize>,
-    /// Evaluate on at most this many test samples (the first ones); for quick runs.
-    #[serde(default)]
-    pub test_limit: Option<usize>,
-    /// What to do with a sample that cannot be decoded: `fail` stops the run naming it,
-    /// `skip` drops it, counts it and names the first ones in the report.
-    #[serde(default)]
-    pub on_error: OnError,
-}
+/// Collects configuration problems; each section's `validate` adds to it.
+#[derive(Debug, Default)]
+pub struct Issues(pub Vec<ConfigIssue>);
 
-/// Files of an IDX data set (Fashion-MNIST, MNIST, KMNIST).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct IdxConfig {
-    /// Folder holding the four standard files (`train-images-idx3-ubyte[.gz]`,
-    /// `train-labels-idx1-ubyte[.gz]`, `t10k-images-idx3-ubyte[.gz]`,
-    /// `t10k-labels-idx1-ubyte[.gz]`). Debian's `dataset-fashion-mnist` puts them in
-    /// `/usr/share/datasets/fashion-mnist`.
-    pub dir: PathBuf,
-    /// Override: training images file (relative paths are taken from `dir`).
-    #[serde(default)]
-    pub train_images: Option<PathBuf>,
-    /// Override: training labels file.
-    #[serde(default)]
-    pub train_labels: Option<PathBuf>,
-    /// Override: test images file.
-    #[serde(default)]
-    pub test_images: Option<PathBuf>,
-    /// Override: test labels file.
-    #[serde(default)]
-    pub test_labels: Option<PathBuf>,
-}
+impl Issues {
+    /// Records a problem with `key` (a dotted path).
+    pub fn at(&mut self, key: &str, message: impl Into<String>) {
+        self.0.push(ConfigIssue {
+            key: key.into(),
+            message: message.into(),
+        })
+    }
 
-/// Bad-sample policy.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum OnError {
-    /// Stop the run with an error naming the sample.
-    #[default]
-    Fail,
-    /// Drop the sample, count it, go on.
-    Skip,
-}
-
-/// Augmentation.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct AugmentConfig {
-    /// Decode/augment worker threads. The output does not depend on this number.
-    #[serde(default = "defaults::workers")]
-    pub workers: usize,
-    /// Ordered list of ops, e.g. `- hflip: { p: 0.5 }`. Random ops apply to training images
-    /// only; `normalize` also applies to test images and to the reference model's inputs.
-    #[serde(default = "defaults::ops")]
-    pub ops: Vec<AugmentOp>,
-}
-
-/// Super-batches.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SuperBatchConfig {
-    /// Samples per super-batch (B).
-    #[serde(default = "defaults::superbatch")]
-    pub size: usize,
-    /// Super-batches being decoded ahead of the one the extractor needs.
-    #[serde(default = "defaults::prefetch")]
-    pub prefetch: usize,
-    /// Drop the last, incomplete super-batch of each epoch (default: keep it, nothing lost).
-    #[serde(default)]
-    pub drop_last: bool,
-}
-
-/// The reference (feature) network.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ExtractorConfig {
-    /// Safetensors file with the reference CNN's weights, written by `saln-pipe pretrain`.
-    #[serde(default = "defaults::weights")]
-    pub weights: PathBuf,
-    /// Width of the reference CNN (channels of its two conv layers and its feature size).
-    #[serde(default)]
-    pub arch: crate::model::CnnArch,
-    /// Samples per forward pass (a large super-batch is cut into micro-batches).
-    #[serde(default = "defaults::micro_batch")]
-    pub micro_batch: usize,
-    /// Pretraining on the held-out split.
-    #[serde(default)]
-    pub pretrain: PretrainConfig,
-}
-
-/// Pretraining of the reference model.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct PretrainConfig {
-    /// Epochs over the held-out samples.
-    #[serde(default = "defaults::pretrain_epochs")]
-    pub epochs: usize,
-    /// Mini-batch size.
-    #[serde(default = "defaults::batch_size")]
-    pub batch_size: usize,
-    /// Adam learning rate.
-    #[serde(default = "defaults::lr")]
-    pub lr: f64,
-}
-
-/// The selection policy and its parameters.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct SelectionConfig {
-    /// `saln` (spectral), `uniform` (b of B at random) or `none` (keep everything).
-    #[serde(default)]
-    pub policy: Policy,
-    /// Fraction of each super-batch that reaches the trainer (rho), in (0, 1].
-    #[serde(default = "defaults::keep_ratio")]
-    pub keep_ratio: f64,
-    /// How cosine similarity becomes an edge weight: `clip` = max(0, cos), `shift` = (1+cos)/2.
-    #[serde(default)]
-    pub weights: WeightMapping,
-    /// How the Fiedler vector becomes b indices: `extremes`, `boundary`, `balanced`, `quantile`.
-    #[serde(default)]
-    pub rule: Rule,
-}
-
-/// The learner.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct TrainerConfig {
-    /// Passes over the learner's share of the training data.
-    #[serde(default = "defaults::epochs")]
-    pub epochs: usize,
-    /// Adam learning rate. Each curated sub-batch is one optimizer step.
-    #[serde(default = "defaults::lr")]
-    pub lr: f64,
-    /// Width of the learner CNN.
-    #[serde(default)]
-    pub arch: crate::model::CnnArch,
-    /// Test samples per forward pass during evaluation.
-    #[serde(default = "defaults::eval_batch")]
-    pub eval_batch: usize,
-}
-
-/// Capacities of the bounded channels between stages (in super-batches).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChannelConfig {
-    /// loader -> extract.
-    #[serde(default = "defaults::capacity")]
-    pub loader_to_extract: usize,
-    /// extract -> train.
-    #[serde(default = "defaults::capacity")]
-    pub extract_to_train: usize,
-}
-
-/// The report.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReportConfig {
-    /// JSON report path (written atomically at the end, also after Ctrl-C).
-    #[serde(default = "defaults::report")]
-    pub path: PathBuf,
-    /// Seconds between progress lines (0 = only per-epoch lines).
-    #[serde(default = "defaults::progress")]
-    pub progress_seconds: f64,
+    /// Records `message` under `key` when `ok` is false.
+    pub fn check(&mut self, ok: bool, key: &str, message: impl FnOnce() -> String) {
+        if !ok {
+            self.at(key, message())
+        }
+    }
 }
 
 mod defaults {
-    use super::*;
     pub fn seed() -> u64 {
         0
     }
@@ -251,57 +103,6 @@ mod defaults {
     }
     pub fn torch_threads() -> usize {
         1
-    }
-    pub fn holdout() -> usize {
-        10_000
-    }
-    pub fn workers() -> usize {
-        2
-    }
-    pub fn ops() -> Vec<AugmentOp> {
-        vec![AugmentOp::Normalize {
-            mean: vec![0.5],
-            std: vec![0.5],
-        }]
-    }
-    pub fn superbatch() -> usize {
-        256
-    }
-    pub fn prefetch() -> usize {
-        4
-    }
-    pub fn weights() -> PathBuf {
-        "target/saln/reference.safetensors".into()
-    }
-    pub fn micro_batch() -> usize {
-        1024
-    }
-    pub fn pretrain_epochs() -> usize {
-        4
-    }
-    pub fn batch_size() -> usize {
-        128
-    }
-    pub fn lr() -> f64 {
-        1e-3
-    }
-    pub fn keep_ratio() -> f64 {
-        0.25
-    }
-    pub fn epochs() -> usize {
-        5
-    }
-    pub fn eval_batch() -> usize {
-        1000
-    }
-    pub fn capacity() -> usize {
-        2
-    }
-    pub fn report() -> PathBuf {
-        "target/saln/report.json".into()
-    }
-    pub fn progress() -> f64 {
-        10.0
     }
 }
 
@@ -357,91 +158,22 @@ impl PipelineConfig {
     fn resolve_paths(&mut self, _config_dir: &Path) {}
 
     /// Every value problem, each with its key path. Empty when the config is usable.
-    /// Checks that need resources (files, devices) are in [`PipelineConfig::check_resources`].
+    /// Each section checks its own values (`validate` beside its struct); checks that need
+    /// resources (files, devices) are in [`PipelineConfig::check_resources`].
     pub fn validate(&self) -> Vec<ConfigIssue> {
-        let mut v = Vec::new();
-        let mut bad = |key: &str, message: String| {
-            v.push(ConfigIssue {
-                key: key.into(),
-                message,
-            })
-        };
+        let mut v = Issues::default();
         if let Err(e) = crate::device::parse(&self.device) {
-            bad("device", e);
+            v.at("device", e);
         }
-        if self.source.idx.is_none() {
-            bad(
-                "source",
-                "no data set given: add an `idx:` block with `dir:`".into(),
-            );
-        }
-        if self.augment.workers == 0 {
-            bad("augment.workers", "must be at least 1".into());
-        }
-        for (i, op) in self.augment.ops.iter().enumerate() {
-            if let Err(e) = op.validate() {
-                bad(&format!("augment.ops[{i}]"), e);
-            }
-        }
-        if self.superbatch.size < 2 {
-            bad(
-                "superbatch.size",
-                format!("must be at least 2, got {}", self.superbatch.size),
-            );
-        }
-        if self.superbatch.prefetch == 0 {
-            bad("superbatch.prefetch", "must be at least 1".into());
-        }
-        if self.extractor.micro_batch == 0 {
-            bad("extractor.micro_batch", "must be at least 1".into());
-        }
-        if let Err(e) = self.extractor.arch.validate() {
-            bad("extractor.arch", e);
-        }
-        if let Err(e) = self.trainer.arch.validate() {
-            bad("trainer.arch", e);
-        }
-        if self.extractor.pretrain.batch_size == 0 {
-            bad("extractor.pretrain.batch_size", "must be at least 1".into());
-        }
-        if !(self.extractor.pretrain.lr > 0.0 && self.extractor.pretrain.lr.is_finite()) {
-            bad(
-                "extractor.pretrain.lr",
-                format!("must be positive, got {}", self.extractor.pretrain.lr),
-            );
-        }
-        let rho = self.selection.keep_ratio;
-        if !(rho > 0.0 && rho <= 1.0) {
-            bad(
-                "selection.keep_ratio",
-                format!("must be in (0, 1], got {rho}"),
-            );
-        }
-        if self.trainer.epochs == 0 {
-            bad("trainer.epochs", "must be at least 1".into());
-        }
-        if !(self.trainer.lr > 0.0 && self.trainer.lr.is_finite()) {
-            bad(
-                "trainer.lr",
-                format!("must be positive, got {}", self.trainer.lr),
-            );
-        }
-        if self.trainer.eval_batch == 0 {
-            bad("trainer.eval_batch", "must be at least 1".into());
-        }
-        if self.channels.loader_to_extract == 0 {
-            bad("channels.loader_to_extract", "must be at least 1".into());
-        }
-        if self.channels.extract_to_train == 0 {
-            bad("channels.extract_to_train", "must be at least 1".into());
-        }
-        if !(self.report.progress_seconds >= 0.0 && self.report.progress_seconds.is_finite()) {
-            bad(
-                "report.progress_seconds",
-                "must be a non-negative number".into(),
-            );
-        }
-        v
+        self.source.validate(&mut v);
+        self.augment.validate(&mut v);
+        self.superbatch.validate(&mut v);
+        self.extractor.validate(&mut v);
+        self.selection.validate(&mut v);
+        self.trainer.validate(&mut v);
+        self.channels.validate(&mut v);
+        self.report.validate(&mut v);
+        v.0
     }
 
     /// Checks that need the machine: the configured device exists.
@@ -467,6 +199,8 @@ impl PipelineConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::augment::AugmentOp;
+    use crate::select::Policy;
 
     const MINIMAL: &str = "source:\n  idx:\n    dir: /tmp/x\n";
 

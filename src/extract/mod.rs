@@ -9,7 +9,10 @@
 //! | file | what |
 //! |---|---|
 //! | [`pretrain`] | trains the reference CNN on the held-out split and saves it |
+use crate::config::Issues;
+use serde::{Deserialize, Serialize};
 use std::path::Path;
+use std::path::PathBuf;
 use std::time::Instant;
 
 use tch::{nn, Device, Kind, Tensor};
@@ -303,6 +306,46 @@ fn rename_position(message: &str, ids: &[u64]) -> String {
     {
         Some((p, id)) => format!("feature vector of sample id {id} (position {p}) {tail}"),
         None => message.to_string(),
+    }
+}
+
+// ---- configuration ----
+
+/// The reference (feature) network.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ExtractorConfig {
+    /// Safetensors file with the reference CNN's weights, written by `saln-pipe pretrain`.
+    #[serde(default = "d_weights")]
+    pub weights: PathBuf,
+    /// Width of the reference CNN (channels of its two conv layers and its feature size).
+    #[serde(default)]
+    pub arch: crate::model::CnnArch,
+    /// Samples per forward pass (a large super-batch is cut into micro-batches).
+    #[serde(default = "d_micro_batch")]
+    pub micro_batch: usize,
+    /// Pretraining on the held-out split.
+    #[serde(default)]
+    pub pretrain: pretrain::PretrainConfig,
+}
+
+pub(crate) fn d_micro_batch() -> usize {
+    1024
+}
+pub(crate) fn d_weights() -> PathBuf {
+    "target/saln/reference.safetensors".into()
+}
+
+impl ExtractorConfig {
+    /// Adds this section's problems to `v`.
+    pub fn validate(&self, v: &mut Issues) {
+        v.check(self.micro_batch > 0, "extractor.micro_batch", || {
+            "must be at least 1".into()
+        });
+        if let Err(e) = self.arch.validate() {
+            v.at("extractor.arch", e);
+        }
+        self.pretrain.validate(v);
     }
 }
 

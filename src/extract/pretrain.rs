@@ -4,6 +4,8 @@
 //! only has to give features in which similar images are close. So, as RHO-LOSS and JEST do
 //! with their reference models, saln trains its reference CNN on a held-out part of the
 //! training split: samples the learner never sees, and never the test split.
+use crate::config::Issues;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::time::Instant;
 
@@ -140,4 +142,45 @@ pub fn save_atomic(vs: &nn::VarStore, path: &std::path::Path) -> Result<()> {
         let _ = std::fs::remove_file(&tmp);
         Error::io(path, e)
     })
+}
+
+// ---- configuration ----
+
+/// Pretraining of the reference model.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct PretrainConfig {
+    /// Epochs over the held-out samples.
+    #[serde(default = "d_pretrain_epochs")]
+    pub epochs: usize,
+    /// Mini-batch size.
+    #[serde(default = "d_batch_size")]
+    pub batch_size: usize,
+    /// Adam learning rate.
+    #[serde(default = "d_lr")]
+    pub lr: f64,
+}
+
+pub(crate) fn d_batch_size() -> usize {
+    128
+}
+pub(crate) fn d_lr() -> f64 {
+    1e-3
+}
+pub(crate) fn d_pretrain_epochs() -> usize {
+    4
+}
+
+impl PretrainConfig {
+    /// Adds this section's problems to `v`.
+    pub fn validate(&self, v: &mut Issues) {
+        v.check(self.batch_size > 0, "extractor.pretrain.batch_size", || {
+            "must be at least 1".into()
+        });
+        v.check(
+            self.lr > 0.0 && self.lr.is_finite(),
+            "extractor.pretrain.lr",
+            || format!("must be positive, got {}", self.lr),
+        );
+    }
 }

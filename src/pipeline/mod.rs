@@ -13,6 +13,8 @@
 //! others see a closed channel or the flag and stop. A panic inside a stage is caught and
 //! becomes [`Error::Panic`]. The report is written in every case: completed, cancelled or
 //! failed.
+use crate::config::Issues;
+use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -423,5 +425,39 @@ pub fn run(cfg: &PipelineConfig, cancel: Cancel, observer: Option<Observer>) -> 
     match error {
         Some(e) => Err(e),
         None => Ok(report),
+    }
+}
+
+// ---- configuration ----
+
+/// Capacities of the bounded channels between stages (in super-batches).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ChannelConfig {
+    /// loader -> extract.
+    #[serde(default = "d_capacity")]
+    pub loader_to_extract: usize,
+    /// extract -> train.
+    #[serde(default = "d_capacity")]
+    pub extract_to_train: usize,
+}
+
+pub(crate) fn d_capacity() -> usize {
+    2
+}
+
+impl ChannelConfig {
+    /// Adds this section's problems to `v`.
+    pub fn validate(&self, v: &mut Issues) {
+        v.check(
+            self.loader_to_extract > 0,
+            "channels.loader_to_extract",
+            || "must be at least 1".into(),
+        );
+        v.check(
+            self.extract_to_train > 0,
+            "channels.extract_to_train",
+            || "must be at least 1".into(),
+        );
     }
 }

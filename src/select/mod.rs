@@ -10,6 +10,8 @@
 //! standard training).
 //!
 //! The number kept is `b = max(1, round(keep_ratio * B))`, capped at `B` ([`keep_count`]).
+use crate::config::Issues;
+
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
@@ -171,6 +173,40 @@ impl Selector {
         };
         out.seconds = start.elapsed().as_secs_f64();
         Ok(out)
+    }
+}
+
+// ---- configuration ----
+
+/// The selection policy and its parameters.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SelectionConfig {
+    /// `saln` (spectral), `uniform` (b of B at random) or `none` (keep everything).
+    #[serde(default)]
+    pub policy: Policy,
+    /// Fraction of each super-batch that reaches the trainer (rho), in (0, 1].
+    #[serde(default = "d_keep_ratio")]
+    pub keep_ratio: f64,
+    /// How cosine similarity becomes an edge weight: `clip` = max(0, cos), `shift` = (1+cos)/2.
+    #[serde(default)]
+    pub weights: WeightMapping,
+    /// How the Fiedler vector becomes b indices: `extremes`, `boundary`, `balanced`, `quantile`.
+    #[serde(default)]
+    pub rule: Rule,
+}
+
+pub(crate) fn d_keep_ratio() -> f64 {
+    0.25
+}
+
+impl SelectionConfig {
+    /// Adds this section's problems to `v`.
+    pub fn validate(&self, v: &mut Issues) {
+        let rho = self.keep_ratio;
+        v.check(rho > 0.0 && rho <= 1.0, "selection.keep_ratio", || {
+            format!("must be in (0, 1], got {rho}")
+        });
     }
 }
 

@@ -4,11 +4,11 @@
 //! data. Images are type `0x08` (u8) with 3 dims `(n, rows, cols)`; labels are `0x08` with
 //! one dim `(n)`. The whole file is read into memory (Fashion-MNIST is 47 MB unpacked):
 //! sample access is then a slice copy, which keeps the decode workers trivially parallel.
+use serde::{Deserialize, Serialize};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
 use super::{RawImage, Sample, Source};
-use crate::config::IdxConfig;
 use crate::error::{Error, Result};
 
 /// One IDX split: an images file and a labels file.
@@ -249,6 +249,31 @@ pub fn write_pair(
         }
     }
     Ok(())
+}
+
+// ---- configuration ----
+
+/// Files of an IDX data set (Fashion-MNIST, MNIST, KMNIST).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct IdxConfig {
+    /// Folder holding the four standard files (`train-images-idx3-ubyte[.gz]`,
+    /// `train-labels-idx1-ubyte[.gz]`, `t10k-images-idx3-ubyte[.gz]`,
+    /// `t10k-labels-idx1-ubyte[.gz]`). Debian's `dataset-fashion-mnist` puts them in
+    /// `/usr/share/datasets/fashion-mnist`.
+    pub dir: PathBuf,
+    /// Override: training images file (relative paths are taken from `dir`).
+    #[serde(default)]
+    pub train_images: Option<PathBuf>,
+    /// Override: training labels file.
+    #[serde(default)]
+    pub train_labels: Option<PathBuf>,
+    /// Override: test images file.
+    #[serde(default)]
+    pub test_images: Option<PathBuf>,
+    /// Override: test labels file.
+    #[serde(default)]
+    pub test_labels: Option<PathBuf>,
 }
 
 #[cfg(test)]

@@ -7,10 +7,11 @@
 //! | file | format |
 //! |---|---|
 //! | [`idx`] | MNIST-family IDX files, gzipped or not |
+use crate::config::Issues;
+use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
 
-use crate::config::SourceConfig;
 use crate::error::{Error, Result};
 use crate::rng::{self, Rng};
 
@@ -185,6 +186,54 @@ impl Source for MemorySource {
             .first()
             .map(|s| (s.image.channels, s.image.height, s.image.width))
             .unwrap_or((1, 1, 1))
+    }
+}
+
+// ---- configuration ----
+
+/// The data set. Exactly one format block (`idx`) must be given.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct SourceConfig {
+    /// MNIST-family IDX files (gzipped or not).
+    #[serde(default)]
+    pub idx: Option<idx::IdxConfig>,
+    /// Training samples held out for the reference model (never seen by the learner).
+    #[serde(default = "d_holdout")]
+    pub holdout: usize,
+    /// Use at most this many learner samples (after the holdout is taken); for quick runs.
+    #[serde(default)]
+    pub limit: Option<usize>,
+    /// Evaluate on at most this many test samples (the first ones); for quick runs.
+    #[serde(default)]
+    pub test_limit: Option<usize>,
+    /// What to do with a sample that cannot be decoded: `fail` stops the run naming it,
+    /// `skip` drops it, counts it and names the first ones in the report.
+    #[serde(default)]
+    pub on_error: OnError,
+}
+
+/// Bad-sample policy.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum OnError {
+    /// Stop the run with an error naming the sample.
+    #[default]
+    Fail,
+    /// Drop the sample, count it, go on.
+    Skip,
+}
+
+pub(crate) fn d_holdout() -> usize {
+    10_000
+}
+
+impl SourceConfig {
+    /// Adds this section's problems to `v`.
+    pub fn validate(&self, v: &mut Issues) {
+        v.check(self.idx.is_some(), "source", || {
+            "no data set given: add an `idx:` block with `dir:`".into()
+        });
     }
 }
 

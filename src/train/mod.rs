@@ -4,6 +4,8 @@
 //! Each sub-batch is one Adam step, so with `keep_ratio = 0.25` and `B = 256` the learner
 //! takes steps of 64 samples; with the `none` policy, steps of 256. The learner's
 //! initialisation comes from the run seed.
+use crate::config::Issues;
+use serde::Deserialize;
 use std::time::Instant;
 
 use serde::Serialize;
@@ -203,4 +205,52 @@ pub fn run_train(
         stats.busy(t.elapsed());
     }
     Ok(records)
+}
+
+// ---- configuration ----
+
+/// The learner.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TrainerConfig {
+    /// Passes over the learner's share of the training data.
+    #[serde(default = "d_epochs")]
+    pub epochs: usize,
+    /// Adam learning rate. Each curated sub-batch is one optimizer step.
+    #[serde(default = "d_lr")]
+    pub lr: f64,
+    /// Width of the learner CNN.
+    #[serde(default)]
+    pub arch: crate::model::CnnArch,
+    /// Test samples per forward pass during evaluation.
+    #[serde(default = "d_eval_batch")]
+    pub eval_batch: usize,
+}
+
+pub(crate) fn d_epochs() -> usize {
+    5
+}
+pub(crate) fn d_eval_batch() -> usize {
+    1000
+}
+pub(crate) fn d_lr() -> f64 {
+    1e-3
+}
+
+impl TrainerConfig {
+    /// Adds this section's problems to `v`.
+    pub fn validate(&self, v: &mut Issues) {
+        v.check(self.epochs > 0, "trainer.epochs", || {
+            "must be at least 1".into()
+        });
+        v.check(self.lr > 0.0 && self.lr.is_finite(), "trainer.lr", || {
+            format!("must be positive, got {}", self.lr)
+        });
+        if let Err(e) = self.arch.validate() {
+            v.at("trainer.arch", e);
+        }
+        v.check(self.eval_batch > 0, "trainer.eval_batch", || {
+            "must be at least 1".into()
+        });
+    }
 }

@@ -52,7 +52,7 @@ enum Command {
     },
 }
 
-fn load(path: &PathBuf) -> Result<PipelineConfig, ExitCode> {
+fn load(path: &std::path::Path) -> Result<PipelineConfig, ExitCode> {
     PipelineConfig::load(path).map_err(|e| {
         eprintln!("error: {e}");
         ExitCode::from(2)
