@@ -140,6 +140,17 @@ impl Cnn {
     }
 }
 
+/// Runs `f` (which creates model variables) right after seeding libtorch's global random
+/// generator with `seed`, holding a process-wide lock. libtorch has one global generator:
+/// without the lock, two models initialised at the same time in one process (two runs, or
+/// parallel tests) would interleave their draws and neither would be reproducible.
+pub fn seeded<T>(seed: u64, f: impl FnOnce() -> T) -> T {
+    static LOCK: std::sync::Mutex<()> = std::sync::Mutex::new(());
+    let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
+    tch::manual_seed(seed as i64);
+    f()
+}
+
 /// Mean cross-entropy of `logits` `[N, K]` against `labels` `[N]` (int64).
 pub fn cross_entropy(logits: &Tensor, labels: &Tensor) -> Result<Tensor> {
     Ok(logits.f_log_softmax(-1, Kind::Float)?.f_nll_loss(

@@ -69,9 +69,11 @@ pub fn pretrain(
     let shape = data.train.shape();
     let classes = data.train.num_classes();
     let aug = Augmenter::new(cfg.augment.ops.clone());
-    tch::manual_seed(cfg.seed as i64);
-    let vs = nn::VarStore::new(device);
-    let model = Cnn::new(&vs.root(), &cfg.extractor.arch, shape, classes);
+    let (vs, model) = crate::model::seeded(cfg.seed, || {
+        let vs = nn::VarStore::new(device);
+        let model = Cnn::new(&vs.root(), &cfg.extractor.arch, shape, classes);
+        (vs, model)
+    });
     let p = &cfg.extractor.pretrain;
     let mut opt = nn::Adam::default().build(&vs, p.lr)?;
     let mut final_loss = f64::NAN;

@@ -135,6 +135,19 @@ fn join<T>(h: JoinHandle<Result<T>>, stage: &'static str) -> Result<T> {
     })
 }
 
+fn check_config(cfg: &PipelineConfig) -> Result<()> {
+    let mut issues = cfg.validate();
+    issues.extend(cfg.check_resources());
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::ConfigInvalid {
+            path: "<config>".into(),
+            issues,
+        })
+    }
+}
+
 /// The front half of a pipeline, running: source -> loader -> extract + select. Its
 /// output is the stream of curated [`SubBatch`]es in `output`; whoever holds it (the train
 /// stage, the loader API, the Parquet exporter) consumes it. Dropping `output` stops the
@@ -182,17 +195,21 @@ impl Curation {
     /// Validates `cfg`, opens the data, loads the reference model (when the policy needs
     /// it) and starts the loader and extract stages.
     pub fn start(cfg: &PipelineConfig, cancel: Cancel) -> Result<Curation> {
-        let mut issues = cfg.validate();
-        issues.extend(cfg.check_resources());
-        if !issues.is_empty() {
-            return Err(Error::ConfigInvalid {
-                path: "<config>".into(),
-                issues,
-            });
-        }
+        check_config(cfg)?;
+        let data = Arc::new(source::open(&cfg.source)?);
+        Self::start_with(cfg, data, cancel)
+    }
+
+    /// Like [`Curation::start`], on a data set the caller opened or built (in-memory data,
+    /// a custom [`source::Source`]); `cfg.source` then only supplies the split settings.
+    pub fn start_with(
+        cfg: &PipelineConfig,
+        data: Arc<DataSet>,
+        cancel: Cancel,
+    ) -> Result<Curation> {
+        check_config(cfg)?;
         set_torch_threads(cfg.torch_threads);
         let device = cfg.device();
-        let data = Arc::new(source::open(&cfg.source)?);
         let split = Split::new(
             data.train.len(),
             cfg.source.holdout,
@@ -315,8 +332,20 @@ impl CurationHandle {
 /// Returns `Err` when a stage failed (the report, with `status: failed`, is written first);
 /// a cancelled run returns `Ok` with `status: cancelled` and the epochs that completed.
 pub fn run(cfg: &PipelineConfig, cancel: Cancel, observer: Option<Observer>) -> Result<Report> {
+    check_config(cfg)?;
+    let data = Arc::new(source::open(&cfg.source)?);
+    run_with(cfg, data, cancel, observer)
+}
+
+/// Like [`run`], on a data set the caller opened or built.
+pub fn run_with(
+    cfg: &PipelineConfig,
+    data: Arc<DataSet>,
+    cancel: Cancel,
+    observer: Option<Observer>,
+) -> Result<Report> {
     let start = Instant::now();
-    let curation = Curation::start(cfg, cancel.clone())?;
+    let curation = Curation::start_with(cfg, data, cancel.clone())?;
     let (sub_rx, handle) = curation.into_parts();
     let info = handle.info.clone();
     let test = eval_set(

@@ -118,9 +118,11 @@ impl Trainer {
         test: (Tensor, Tensor),
         eval_batch: usize,
     ) -> Result<Trainer> {
-        tch::manual_seed(seed as i64);
-        let vs = nn::VarStore::new(device);
-        let model = Cnn::new(&vs.root(), arch, shape, classes);
+        let (vs, model) = crate::model::seeded(seed, || {
+            let vs = nn::VarStore::new(device);
+            let model = Cnn::new(&vs.root(), arch, shape, classes);
+            (vs, model)
+        });
         let opt = nn::Adam::default().build(&vs, lr)?;
         Ok(Trainer {
             vs,
