@@ -354,16 +354,21 @@ pub fn run_with(
         cfg.source.test_limit,
         info.device,
     );
+    let per_epoch = if cfg.superbatch.drop_last {
+        info.split.learner.len() / cfg.superbatch.size
+    } else {
+        info.split.learner.len().div_ceil(cfg.superbatch.size)
+    };
+    let total_steps = (per_epoch * cfg.trainer.epochs) as u64;
     let trainer = test.and_then(|test| {
         Trainer::new(
-            &cfg.trainer.arch,
+            &cfg.trainer,
             info.shape,
             info.classes,
-            cfg.trainer.lr,
             cfg.seed,
             info.device,
             test,
-            cfg.trainer.eval_batch,
+            total_steps,
         )
     });
     let mut trainer = match trainer {

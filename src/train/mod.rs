@@ -15,7 +15,7 @@ use tch::{Device, Kind, Tensor};
 use crate::augment::Augmenter;
 use crate::error::{Error, Result};
 use crate::extract::SubBatch;
-use crate::model::{correct, cross_entropy, Cnn, CnnArch};
+use crate::model::{correct, cross_entropy, Cnn};
 use crate::pipeline::{Cancel, Msg, StageStats};
 use crate::source::Source;
 
@@ -103,40 +103,55 @@ pub struct Trainer {
     test_x: Tensor,
     test_y: Tensor,
     eval_batch: usize,
+    lr: f64,
+    schedule: LrSchedule,
+    total_steps: u64,
+    steps: u64,
 }
 
 impl Trainer {
-    /// A fresh learner initialised from `seed`.
-    #[allow(clippy::too_many_arguments)]
+    /// A fresh learner initialised from `seed`. `total_steps` is the number of optimizer
+    /// steps the run will take (it sets the learning-rate schedule's length).
     pub fn new(
-        arch: &CnnArch,
+        cfg: &TrainerConfig,
         shape: (usize, usize, usize),
         classes: usize,
-        lr: f64,
         seed: u64,
         device: Device,
         test: (Tensor, Tensor),
-        eval_batch: usize,
+        total_steps: u64,
     ) -> Result<Trainer> {
         let (vs, model) = crate::model::seeded(seed, || {
             let vs = nn::VarStore::new(device);
-            let model = Cnn::new(&vs.root(), arch, shape, classes);
+            let model = Cnn::new(&vs.root(), &cfg.arch, shape, classes);
             (vs, model)
         });
-        let opt = nn::Adam::default().build(&vs, lr)?;
+        let opt = nn::Adam::default().build(&vs, cfg.lr)?;
         Ok(Trainer {
             vs,
             model,
             opt,
             test_x: test.0,
             test_y: test.1,
-            eval_batch: eval_batch.max(1),
+            eval_batch: cfg.eval_batch.max(1),
+            lr: cfg.lr,
+            schedule: cfg.lr_schedule,
+            total_steps: total_steps.max(1),
+            steps: 0,
         })
+    }
+
+    /// The learning rate of the next step.
+    pub fn current_lr(&self) -> f64 {
+        self.schedule
+            .at(self.lr, self.steps as f64 / self.total_steps as f64)
     }
 
     /// One optimizer step on `images` `[b, C, H, W]`, `labels` `[b]`; returns the loss.
     pub fn step(&mut self, images: &Tensor, labels: &Tensor) -> Result<f64> {
         let loss = cross_entropy(&self.model.logits(images)?, labels)?;
+        self.opt.set_lr(self.current_lr());
+        self.steps += 1;
         self.opt.zero_grad();
         loss.f_backward()?;
         self.opt.step();
@@ -221,12 +236,46 @@ pub struct TrainerConfig {
     /// Adam learning rate. Each curated sub-batch is one optimizer step.
     #[serde(default = "d_lr")]
     pub lr: f64,
+    /// Learning rate over the run: `cosine` decays from `lr` to 0 over all steps (the
+    /// default: it gives the last epochs small, stable steps), `constant` keeps `lr`.
+    #[serde(default)]
+    pub lr_schedule: LrSchedule,
     /// Width of the learner CNN.
     #[serde(default)]
     pub arch: crate::model::CnnArch,
     /// Test samples per forward pass during evaluation.
     #[serde(default = "d_eval_batch")]
     pub eval_batch: usize,
+}
+
+/// Learning-rate schedule of the learner.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum LrSchedule {
+    /// `lr` throughout.
+    Constant,
+    /// `lr * (1 + cos(pi * t)) / 2` at progress `t` in [0, 1].
+    #[default]
+    Cosine,
+}
+
+impl LrSchedule {
+    /// The rate at progress `t` (clamped to [0, 1]) for base rate `lr`.
+    ///
+    /// ```
+    /// use saln::train::LrSchedule;
+    /// assert_eq!(LrSchedule::Constant.at(0.1, 0.7), 0.1);
+    /// assert_eq!(LrSchedule::Cosine.at(0.1, 0.0), 0.1);
+    /// assert!((LrSchedule::Cosine.at(0.1, 0.5) - 0.05).abs() < 1e-12);
+    /// ```
+    pub fn at(self, lr: f64, t: f64) -> f64 {
+        match self {
+            LrSchedule::Constant => lr,
+            LrSchedule::Cosine => {
+                lr * 0.5 * (1.0 + (std::f64::consts::PI * t.clamp(0.0, 1.0)).cos())
+            }
+        }
+    }
 }
 
 pub(crate) fn d_epochs() -> usize {
