@@ -101,7 +101,7 @@ extractor:
   arch: {{ conv1: 4, conv2: 8, hidden: 16 }}
   pretrain: {{ epochs: 2, batch_size: 32 }}
 selection: {{ keep_ratio: 0.5, rule: balanced }}
-trainer: {{ epochs: 2, arch: {{ conv1: 4, conv2: 8, hidden: 16 }}, lr: 0.005 }}
+trainer: {{ epochs: 3, arch: {{ conv1: 4, conv2: 8, hidden: 16 }}, lr: 0.01 }}
 report: {{ path: {dir}/report.json, progress_seconds: 0 }}
 "#,
         data = data.display(),
