@@ -13,11 +13,16 @@ pub struct ConfigIssue {
     pub key: String,
     /// What is wrong with it.
     pub message: String,
+    /// 1-based line of the key in the YAML, when it is written there (not for defaults).
+    pub line: Option<usize>,
 }
 
 impl std::fmt::Display for ConfigIssue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "{}: {}", self.key, self.message)
+        match self.line {
+            Some(l) => write!(f, "{} (line {l}): {}", self.key, self.message),
+            None => write!(f, "{}: {}", self.key, self.message),
+        }
     }
 }
 
@@ -117,6 +122,19 @@ impl Error {
                 stage,
                 source: Box::new(e),
             },
+        }
+    }
+
+    /// An [`Error::ConfigInvalid`] with one problem at `key`, found at run time (after
+    /// parsing: for example a hold-out larger than the data set).
+    pub fn config(key: &str, message: impl Into<String>) -> Error {
+        Error::ConfigInvalid {
+            path: PathBuf::from("<config>"),
+            issues: vec![ConfigIssue {
+                key: key.into(),
+                message: message.into(),
+                line: None,
+            }],
         }
     }
 

@@ -12,7 +12,7 @@ use std::path::PathBuf;
 use crate::config::PipelineConfig;
 use crate::error::{Error, Result};
 use crate::extract::SelectionStats;
-use crate::pipeline::StageSnapshot;
+use crate::pipeline::{Overlap, StageSnapshot};
 use crate::train::EpochRecord;
 
 /// How a run ended.
@@ -67,6 +67,8 @@ pub struct Report {
     pub stages: Vec<StageSnapshot>,
     /// Selection figures.
     pub selection: SelectionStats,
+    /// How well the stages overlapped (end-to-end rate / slowest stage's standalone rate).
+    pub overlap: Overlap,
     /// Wall seconds of the whole run (data loading and model loading included).
     pub wall_seconds: f64,
 }
@@ -97,6 +99,7 @@ impl Report {
             epochs,
             stages,
             selection,
+            overlap: Overlap::default(),
             wall_seconds,
         }
     }

@@ -73,6 +73,56 @@ pub struct PipelineConfig {
     pub report: ReportConfig,
 }
 
+/// The 1-based line where the dotted `key` (e.g. `selection.keep_ratio`, `augment.ops[2]`)
+/// is written in `text`, found by looking for each segment as a YAML key after the previous
+/// one (block or flow style). `None` when the key is not written (a default was used).
+///
+/// ```
+/// let yaml = "source:\n  idx: { dir: /x }\nselection:\n  policy: saln\n  keep_ratio: 2\n";
+/// assert_eq!(saln::config::locate_key(yaml, "selection.keep_ratio"), Some(5));
+/// assert_eq!(saln::config::locate_key(yaml, "source.idx.dir"), Some(2));
+/// assert_eq!(saln::config::locate_key(yaml, "trainer.epochs"), None);
+/// ```
+pub fn locate_key(text: &str, key: &str) -> Option<usize> {
+    let mut pos = 0usize;
+    let mut line_of_last = None;
+    for seg in key.split('.') {
+        let (name, index) = match seg.split_once('[') {
+            Some((n, rest)) => (n, rest.trim_end_matches(']').parse::<usize>().ok()),
+            None => (seg, None),
+        };
+        let found = find_key(&text[pos..], name)?;
+        pos += found;
+        line_of_last = Some(text[..pos].matches('\n').count() + 1);
+        if let Some(i) = index {
+            // The i-th list item after the key: block items start with `- `.
+            let mut at = pos;
+            for _ in 0..=i {
+                at += text[at..].find("- ").map(|p| p + 2)?;
+            }
+            pos = at;
+            line_of_last = Some(text[..pos].matches('\n').count() + 1);
+        }
+        pos += name.len();
+    }
+    line_of_last
+}
+
+fn find_key(text: &str, name: &str) -> Option<usize> {
+    let bytes = text.as_bytes();
+    let mut from = 0;
+    while let Some(p) = text[from..].find(name) {
+        let at = from + p;
+        let before_ok = at == 0 || matches!(bytes[at - 1], b' ' | b'\n' | b'{' | b',' | b'\t');
+        let after = text[at + name.len()..].trim_start_matches([' ', '\t']);
+        if before_ok && after.starts_with(':') {
+            return Some(at);
+        }
+        from = at + name.len();
+    }
+    None
+}
+
 /// Collects configuration problems; each section's `validate` adds to it.
 #[derive(Debug, Default)]
 pub struct Issues(pub Vec<ConfigIssue>);
@@ -83,6 +133,7 @@ impl Issues {
         self.0.push(ConfigIssue {
             key: key.into(),
             message: message.into(),
+            line: None,
         })
     }
 
@@ -142,7 +193,10 @@ impl PipelineConfig {
             path: origin.to_path_buf(),
             message: e.to_string(),
         })?;
-        let issues = cfg.validate();
+        let mut issues = cfg.validate();
+        for i in &mut issues {
+            i.line = locate_key(text, &i.key);
+        }
         if issues.is_empty() {
             Ok(cfg)
         } else {
@@ -184,6 +238,7 @@ impl PipelineConfig {
                 v.push(ConfigIssue {
                     key: "device".into(),
                     message: e,
+                    line: None,
                 });
             }
         }
@@ -247,7 +302,7 @@ mod tests {
     #[test]
     fn missing_source_is_an_error() {
         let e = PipelineConfig::from_yaml_str("source: {}\n", "t").unwrap_err();
-        assert!(e.to_string().contains("source: no data set"), "{e}");
+        assert!(e.to_string().contains("source (line 1): no data set"), "{e}");
     }
 
     #[test]

@@ -224,6 +224,7 @@ pub fn run_extract(
             }
             Msg::Data(sb) => sb,
         };
+        stats.received();
         let t = Instant::now();
         let n = sb.len();
         let sub = curate(extractor.as_ref(), &selector, device, sb, &mut acc)?;

@@ -57,13 +57,10 @@ pub fn pretrain(
         cfg.seed,
     )?;
     if split.holdout.is_empty() {
-        return Err(Error::ConfigInvalid {
-            path: "<config>".into(),
-            issues: vec![crate::error::ConfigIssue {
-                key: "source.holdout".into(),
-                message: "is 0: the reference model needs held-out samples to train on".into(),
-            }],
-        });
+        return Err(Error::config(
+            "source.holdout",
+            "is 0: the reference model needs held-out samples to train on",
+        ));
     }
     let device = cfg.device();
     let shape = data.train.shape();

@@ -31,7 +31,7 @@ use crate::source::{self, DataSet, Split};
 use crate::train::{eval_set, run_train, EpochRecord, Trainer};
 
 pub mod metrics;
-pub use metrics::{StageSnapshot, StageStats};
+pub use metrics::{Overlap, StageSnapshot, StageStats};
 
 /// What flows through a channel: data, or the end of an epoch.
 #[derive(Debug, Clone, PartialEq)]
@@ -78,6 +78,8 @@ pub enum Event {
     Progress {
         /// Seconds since start.
         elapsed: f64,
+        /// Samples the whole run will load (epochs x learner samples).
+        total_samples: u64,
         /// One per stage.
         stages: Vec<StageSnapshot>,
     },
@@ -233,7 +235,7 @@ impl Curation {
             None
         };
         let stats = vec![
-            Arc::new(StageStats::new("loader")),
+            Arc::new(StageStats::with_threads("loader", cfg.augment.workers)),
             Arc::new(StageStats::new("extract")),
         ];
         let (sb_tx, sb_rx) = tokio::sync::mpsc::channel(cfg.channels.loader_to_extract);
@@ -388,6 +390,7 @@ pub fn run_with(
         epochs: cfg.trainer.epochs,
         device: crate::device::name(info.device),
     });
+    let stream_start = Instant::now();
     let train_stats = Arc::new(StageStats::new("train"));
     let mut stats = handle.stats.clone();
     stats.push(train_stats.clone());
@@ -400,6 +403,7 @@ pub fn run_with(
     };
 
     // Progress ticks until the last stage ends.
+    let total_samples = (info.split.learner.len() * cfg.trainer.epochs) as u64;
     let finished = Arc::new(AtomicBool::new(false));
     let ticker = (cfg.report.progress_seconds > 0.0).then(|| {
         let (finished, stats, obs) = (finished.clone(), stats.clone(), observer.clone());
@@ -412,6 +416,7 @@ pub fn run_with(
                     next += every;
                     obs(&Event::Progress {
                         elapsed: start.elapsed().as_secs_f64(),
+                        total_samples,
                         stages: stats.iter().map(|s| s.snapshot()).collect(),
                     });
                 }
@@ -421,6 +426,7 @@ pub fn run_with(
 
     let trained = join(train, "train");
     let (summary, mut error) = handle.finish();
+    let streaming_seconds = stream_start.elapsed().as_secs_f64();
     finished.store(true, Ordering::SeqCst);
     if let Some(t) = ticker {
         let _ = t.join();
@@ -455,6 +461,8 @@ pub fn run_with(
         summary.selection,
         start.elapsed().as_secs_f64(),
     );
+    let mut report = report;
+    report.overlap = Overlap::from_stages(&report.stages, streaming_seconds);
     report.write(&cfg.report.path)?;
     match error {
         Some(e) => Err(e),

@@ -9,7 +9,6 @@
 //! | [`idx`] | MNIST-family IDX files, gzipped or not |
 use crate::config::Issues;
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
@@ -81,15 +80,12 @@ impl Split {
     /// ```
     pub fn new(n: usize, holdout: usize, limit: Option<usize>, seed: u64) -> Result<Split> {
         if holdout >= n {
-            return Err(Error::ConfigInvalid {
-                path: PathBuf::from("<config>"),
-                issues: vec![crate::error::ConfigIssue {
-                    key: "source.holdout".into(),
-                    message: format!(
-                        "holds out {holdout} of {n} training samples, leaving none for the learner"
-                    ),
-                }],
-            });
+            return Err(Error::config(
+                "source.holdout",
+                format!(
+                    "holds out {holdout} of {n} training samples, leaving none for the learner"
+                ),
+            ));
         }
         let mut order: Vec<usize> = (0..n).collect();
         Rng::derive(seed, &[rng::SPLIT]).shuffle(&mut order);
@@ -134,13 +130,7 @@ pub fn open(cfg: &SourceConfig) -> Result<DataSet> {
                 test: Arc::new(test),
             })
         }
-        None => Err(Error::ConfigInvalid {
-            path: PathBuf::from("<config>"),
-            issues: vec![crate::error::ConfigIssue {
-                key: "source".into(),
-                message: "no data set given".into(),
-            }],
-        }),
+        None => Err(Error::config("source", "no data set given")),
     }
 }
 

@@ -198,6 +198,7 @@ pub fn run_train(
         let t = Instant::now();
         match msg {
             Msg::Data(sub) => {
+                stats.received();
                 loss_sum += trainer.step(&sub.images, &sub.labels)?;
                 steps += 1;
                 seen += sub.superbatch_len as u64;

@@ -10,7 +10,9 @@ use std::sync::Arc;
 use anyhow::Context;
 use clap::{Parser, Subcommand};
 use saln::config::PipelineConfig;
-use saln::pipeline::{self, Cancel, Event};
+use saln::pipeline::{self, Cancel};
+
+mod progress;
 use saln::report::Status;
 
 #[derive(Parser)]
@@ -59,45 +61,13 @@ fn load(path: &std::path::Path) -> Result<PipelineConfig, ExitCode> {
     })
 }
 
-fn print_event(e: &Event) {
-    match e {
-        Event::Started {
-            learner_samples,
-            epochs,
-            device,
-        } => eprintln!("saln: {learner_samples} learner samples x {epochs} epochs on {device}"),
-        Event::Epoch(r) => println!(
-            "epoch {:>3}  test accuracy {:6.2}%  train loss {:.4}  trained on {}/{} images  {:.1}s",
-            r.epoch,
-            100.0 * r.test_accuracy,
-            r.train_loss,
-            r.images_trained,
-            r.images_seen,
-            r.wall_seconds
-        ),
-        Event::Progress { elapsed, stages } => {
-            let parts: Vec<String> = stages
-                .iter()
-                .map(|s| {
-                    let rate = s.samples as f64 / elapsed.max(1e-9);
-                    format!(
-                        "{} {:.0}/s busy {:.0}% wait {:.0}% blocked {:.0}%",
-                        s.stage,
-                        rate,
-                        100.0 * s.busy_seconds / elapsed,
-                        100.0 * s.wait_input_seconds / elapsed,
-                        100.0 * s.blocked_output_seconds / elapsed
-                    )
-                })
-                .collect();
-            eprintln!("[{elapsed:7.1}s] {}", parts.join(" | "));
-        }
-    }
-}
-
 async fn run(cfg: PipelineConfig) -> anyhow::Result<ExitCode> {
     let cancel = Cancel::default();
-    let observer: pipeline::Observer = Arc::new(print_event);
+    let display = Arc::new(progress::Display::new());
+    let observer: pipeline::Observer = {
+        let display = display.clone();
+        Arc::new(move |e| display.event(e))
+    };
     let job = {
         let (cfg, cancel) = (cfg.clone(), cancel.clone());
         tokio::task::spawn_blocking(move || pipeline::run(&cfg, cancel, Some(observer)))
@@ -130,19 +100,26 @@ async fn run(cfg: PipelineConfig) -> anyhow::Result<ExitCode> {
     };
     let result = job.await.context("pipeline thread")?;
     signals.abort();
+    display.finish();
     let report_path = cfg.report.path.display().to_string();
     match result {
         Ok(report) => {
             eprintln!("saln: report written to {report_path}");
             if let Some(acc) = report.final_test_accuracy {
                 println!(
-                    "final test accuracy {:.2}% ({} of {} images trained on, selection {:.2} ms per super-batch)",
+                    "final test accuracy {:.2}% ({} of {} images trained on, selection {:.2} ms per super-batch = {:.1}% of the forward pass)",
                     100.0 * acc,
                     report.selection.samples_kept,
                     report.selection.samples_in,
-                    report.selection.ms_per_selection
+                    report.selection.ms_per_selection,
+                    100.0 * report.selection.selection_over_forward
                 );
             }
+            let o = &report.overlap;
+            eprintln!(
+                "saln: {:.0} samples/s end to end; slowest stage {} alone {:.0}/s; overlap {:.2}",
+                o.end_to_end_rate, o.slowest_stage, o.slowest_standalone_rate, o.overlap
+            );
             Ok(match report.status {
                 Status::Completed => ExitCode::SUCCESS,
                 Status::Cancelled => ExitCode::from(130),
