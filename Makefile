@@ -12,7 +12,7 @@ CARGO ?= cargo
 PIPELINE ?= pipelines/fashion-mnist.yaml
 BIN := target/release/saln-pipe
 
-.PHONY: all setup build demo test bench lint clean-results
+.PHONY: all setup build demo test bench lint clean-results fixtures
 
 all: build
 
@@ -26,10 +26,21 @@ demo: build
 	$(BIN) pretrain $(PIPELINE)
 	$(BIN) run $(PIPELINE)
 
-test: setup
+test: setup fixtures
 	$(CARGO) test --release --locked --all-targets
 	$(CARGO) test --release --locked --doc
 
 lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --locked --all-targets -- -D warnings
+
+# Test models for the extractor tests (TorchScript, torchvision ResNets with random weights and
+# their Python-computed outputs), made once by fixtures/make_models.py; remade only when the
+# script changes. Needs torchvision==0.26.0 (the release paired with torch 2.11.0) and
+# safetensors in the venv (installed here if missing).
+FIXTURES := target/fixtures
+fixtures: $(FIXTURES)/.stamp
+$(FIXTURES)/.stamp: fixtures/make_models.py | setup
+	@$(SALN_VENV)/bin/python -c 'import torchvision, safetensors' 2>/dev/null || \
+	  $(SALN_VENV)/bin/pip install --quiet --disable-pip-version-check torchvision==0.26.0 safetensors
+	$(SALN_VENV)/bin/python fixtures/make_models.py $(FIXTURES)

@@ -13,7 +13,7 @@
 //! | [`source`] | source | reads a data set (IDX files) into samples with stable ids |
 //! | [`augment`] | augment | per-sample random transforms, normalisation |
 //! | [`batch`] | batch | epoch order, super-batches, parallel decode/augment workers |
-//! | [`extract`] | extract | the frozen reference CNN (pretraining, features) |
+//! | [`extract`] | extract | the frozen feature network: reference CNN (pretraining), TorchScript, ResNet |
 //! | [`select`] | select | the spectral selector and the baseline policies |
 //! | [`train`] | train | the learner, trained on curated sub-batches, evaluated per epoch |
 //! | [`pipeline`] | wiring | threads, bounded channels, per-stage metrics, cancellation |

@@ -230,7 +230,8 @@ impl PipelineConfig {
         v.0
     }
 
-    /// Checks that need the machine: the configured device exists.
+    /// Checks that need the machine: the configured device exists; the extractor's model
+    /// file exists and its precision suits the device (when the policy uses features).
     pub fn check_resources(&self) -> Vec<ConfigIssue> {
         let mut v = Vec::new();
         if let Ok(d) = crate::device::parse(&self.device) {
@@ -241,6 +242,11 @@ impl PipelineConfig {
                     line: None,
                 });
             }
+        }
+        if self.selection.policy.needs_features() {
+            let mut issues = Issues::default();
+            self.extractor.check_resources(self.device(), &mut issues);
+            v.extend(issues.0);
         }
         v
     }

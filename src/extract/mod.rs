@@ -9,6 +9,10 @@
 //! | file | what |
 //! |---|---|
 //! | [`pretrain`] | trains the reference CNN on the held-out split and saves it |
+//! | [`backbone`] | `extractor.kind`: reference CNN, TorchScript or ResNet; building one |
+//! | [`torchscript`] | a user's TorchScript module |
+//! | [`resnet`] | torchvision ResNet-18/34/50 from safetensors |
+//! | [`input`] | input adaptation: channels, size, normalisation, precision |
 use crate::config::Issues;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -23,19 +27,25 @@ use crate::model::{Cnn, CnnArch};
 use crate::pipeline::{Cancel, Msg, StageStats};
 use crate::select::{Selection, Selector};
 
+pub mod backbone;
+pub mod input;
 pub mod pretrain;
+pub mod resnet;
+pub mod torchscript;
 
-/// The reference network, loaded and frozen.
+/// The feature network (any [`backbone::ExtractorKind`]), loaded and frozen; built from the
+/// config by [`Extractor::build`].
 pub struct Extractor {
-    _vs: nn::VarStore,
-    model: Cnn,
+    net: backbone::Backbone,
+    input: input::InputAdapter,
     device: Device,
     micro_batch: usize,
 }
 
 impl Extractor {
-    /// Loads weights written by [`pretrain::pretrain`] for inputs of `shape` and `classes`
-    /// classes. A missing file or one of another architecture is an [`Error::Model`].
+    /// Loads the reference CNN's weights written by [`pretrain::pretrain`] for inputs of
+    /// `shape` and `classes` classes. A missing file or one of another architecture is an
+    /// [`Error::Model`]. [`Extractor::build`] builds any `extractor.kind` from the config.
     pub fn load(
         weights: &Path,
         arch: &CnnArch,
@@ -60,12 +70,7 @@ impl Extractor {
             ),
         })?;
         vs.freeze();
-        Ok(Extractor {
-            _vs: vs,
-            model,
-            device,
-            micro_batch: micro_batch.max(1),
-        })
+        Extractor::reference(vs, model, weights, shape, device, micro_batch)
     }
 
     /// The device the model lives on.
@@ -73,8 +78,9 @@ impl Extractor {
         self.device
     }
 
-    /// Features of `images` (`[n, C, H, W]` float32 on the model's device) -> `[n, hidden]`
-    /// float32, computed `micro_batch` samples at a time without gradients.
+    /// Features of `images` (`[n, C, H, W]` float32 on the model's device, as the pipeline
+    /// makes them) -> `[n, d]` float32, computed `micro_batch` samples at a time (input
+    /// adaptation included) without gradients.
     pub fn features(&self, images: &Tensor) -> Result<Tensor> {
         let _guard = tch::no_grad_guard();
         let n = images.size()[0];
@@ -82,7 +88,7 @@ impl Extractor {
         let mut start = 0;
         while start < n {
             let len = (self.micro_batch as i64).min(n - start);
-            parts.push(self.model.features(&images.f_narrow(0, start, len)?)?);
+            parts.push(self.forward(&images.f_narrow(0, start, len)?)?);
             start += len;
         }
         Ok(Tensor::f_cat(&parts, 0)?)
@@ -312,20 +318,43 @@ fn rename_position(message: &str, ids: &[u64]) -> String {
 
 // ---- configuration ----
 
-/// The reference (feature) network.
+/// The feature network (`docs/extractors.md`).
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ExtractorConfig {
-    /// Safetensors file with the reference CNN's weights, written by `saln-pipe pretrain`.
+    /// Which network: `reference` (default: the built-in CNN that `saln-pipe pretrain`
+    /// trains), `torchscript` (an exported TorchScript module) or `resnet` (torchvision
+    /// ResNet-18/34/50 weights as safetensors).
+    #[serde(default)]
+    pub kind: backbone::ExtractorKind,
+    /// `kind: torchscript`: the module file and which output to use.
+    #[serde(default)]
+    pub torchscript: Option<torchscript::TorchScriptConfig>,
+    /// `kind: resnet`: architecture, weights file and output layer.
+    #[serde(default)]
+    pub resnet: Option<resnet::ResNetConfig>,
+    /// `kind: torchscript | resnet`: the input the model expects (channels, size,
+    /// normalisation); the pipeline's images are adapted to it.
+    #[serde(default)]
+    pub input: input::InputConfig,
+    /// Run the model in float16 on CUDA (features are returned as float32). A configuration
+    /// error on the CPU.
+    #[serde(default)]
+    pub half: bool,
+    /// `kind: reference`: safetensors file with the reference CNN's weights, written by
+    /// `saln-pipe pretrain`.
     #[serde(default = "d_weights")]
     pub weights: PathBuf,
-    /// Width of the reference CNN (channels of its two conv layers and its feature size).
+    /// `kind: reference`: width of the reference CNN (channels of its two conv layers and its
+    /// feature size).
     #[serde(default)]
     pub arch: crate::model::CnnArch,
-    /// Samples per forward pass (a large super-batch is cut into micro-batches).
+    /// Samples per forward pass (a large super-batch is cut into micro-batches; input
+    /// adaptation happens per micro-batch too). Lower it for big models and inputs, e.g.
+    /// 64 to 256 for a ResNet-50 at 224 x 224.
     #[serde(default = "d_micro_batch")]
     pub micro_batch: usize,
-    /// Pretraining on the held-out split.
+    /// `kind: reference`: pretraining on the held-out split.
     #[serde(default)]
     pub pretrain: pretrain::PretrainConfig,
 }
@@ -347,6 +376,7 @@ impl ExtractorConfig {
             v.at("extractor.arch", e);
         }
         self.pretrain.validate(v);
+        self.validate_kind(v);
     }
 }
 

@@ -48,6 +48,17 @@ pub fn pretrain(
     on_epoch: &mut dyn FnMut(usize, f64),
 ) -> Result<PretrainSummary> {
     let start = Instant::now();
+    if cfg.extractor.kind != super::backbone::ExtractorKind::Reference {
+        return Err(Error::ConfigInvalid {
+            path: "<config>".into(),
+            issues: vec![crate::error::ConfigIssue {
+                key: "extractor.kind".into(),
+                message: "pretraining is for the built-in reference CNN (kind: reference); \
+                          this extractor's model comes from its own file"
+                    .into(),
+            }],
+        });
+    }
     crate::pipeline::set_torch_threads(cfg.torch_threads);
     let data = source::open(&cfg.source)?;
     let split = Split::new(

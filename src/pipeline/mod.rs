@@ -223,14 +223,7 @@ impl Curation {
         let augmenter = Arc::new(Augmenter::new(cfg.augment.ops.clone()));
         let selector = Selector::new(SelectorConfig::from_config(cfg));
         let extractor = if selector.config().policy.needs_features() {
-            Some(Extractor::load(
-                &cfg.extractor.weights,
-                &cfg.extractor.arch,
-                shape,
-                classes,
-                device,
-                cfg.extractor.micro_batch,
-            )?)
+            Some(Extractor::build(cfg, shape, classes)?)
         } else {
             None
         };

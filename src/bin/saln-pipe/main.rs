@@ -171,6 +171,10 @@ fn main() -> ExitCode {
                 Ok(c) => c,
                 Err(code) => return code,
             };
+            if cfg.extractor.kind != saln::extract::backbone::ExtractorKind::Reference {
+                println!("extractor.kind is not `reference`: its model comes from its own file, nothing to pretrain");
+                return ExitCode::SUCCESS;
+            }
             if cfg.extractor.weights.exists() && !force {
                 println!(
                     "reference weights {} exist; keeping them (--force retrains)",
