@@ -308,7 +308,10 @@ mod tests {
     #[test]
     fn missing_source_is_an_error() {
         let e = PipelineConfig::from_yaml_str("source: {}\n", "t").unwrap_err();
-        assert!(e.to_string().contains("source (line 1): no data set"), "{e}");
+        assert!(
+            e.to_string().contains("source (line 1): no data set"),
+            "{e}"
+        );
     }
 
     #[test]

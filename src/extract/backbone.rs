@@ -205,6 +205,7 @@ fn section<'a, T>(s: &'a Option<T>, name: &str) -> Result<&'a T> {
         invalid(vec![ConfigIssue {
             key: format!("extractor.{name}"),
             message: format!("required when extractor.kind is {name}"),
+            line: None,
         }])
     })
 }
@@ -735,9 +736,10 @@ pub(crate) mod tests {
         let bad = |yaml: &str| -> Vec<String> {
             let text = format!("source:\n  idx: {{ dir: /tmp/x }}\nextractor:\n{yaml}");
             match PipelineConfig::from_yaml_str(&text, "t.yaml") {
-                Err(Error::ConfigInvalid { issues, .. }) => {
-                    issues.into_iter().map(|i| i.to_string()).collect()
-                }
+                Err(Error::ConfigInvalid { issues, .. }) => issues
+                    .into_iter()
+                    .map(|i| format!("{}: {}", i.key, i.message))
+                    .collect(),
                 other => panic!("expected ConfigInvalid, got {other:?}"),
             }
         };

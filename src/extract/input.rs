@@ -153,6 +153,7 @@ impl InputAdapter {
             issues: vec![crate::error::ConfigIssue {
                 key: key.into(),
                 message,
+                line: None,
             }],
         };
         if c != mc && c != 1 {

@@ -49,15 +49,11 @@ pub fn pretrain(
 ) -> Result<PretrainSummary> {
     let start = Instant::now();
     if cfg.extractor.kind != super::backbone::ExtractorKind::Reference {
-        return Err(Error::ConfigInvalid {
-            path: "<config>".into(),
-            issues: vec![crate::error::ConfigIssue {
-                key: "extractor.kind".into(),
-                message: "pretraining is for the built-in reference CNN (kind: reference); \
-                          this extractor's model comes from its own file"
-                    .into(),
-            }],
-        });
+        return Err(Error::config(
+            "extractor.kind",
+            "pretraining is for the built-in reference CNN (kind: reference); \
+             this extractor's model comes from its own file",
+        ));
     }
     crate::pipeline::set_torch_threads(cfg.torch_threads);
     let data = source::open(&cfg.source)?;
