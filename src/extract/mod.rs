@@ -117,10 +117,20 @@ pub struct SelectionStats {
     pub samples_in: u64,
     /// Samples kept.
     pub samples_kept: u64,
-    /// Mean lambda2 over super-batches (0 for policies without a spectrum).
+    /// Super-batches whose spectrum was computed (the saln policy).
+    pub spectra: u64,
+    /// Spectra per solver (`dense`, `lanczos`).
+    pub solvers: std::collections::BTreeMap<String, u64>,
+    /// Spectra with a repeated `lambda2` or no edge: zero scores, kept by position.
+    pub degenerate: u64,
+    /// Spectra where the iterative solver stopped before its tolerance.
+    pub unconverged: u64,
+    /// Mean lambda2 over spectra (0 for policies without a spectrum).
     pub mean_lambda2: f64,
     /// Mean lambda3.
     pub mean_lambda3: f64,
+    /// Mean `lambda3 - lambda2`.
+    pub mean_gap: f64,
     /// Smallest `lambda3 - lambda2` seen (how close the Fiedler vector came to unstable).
     pub min_gap: f64,
     /// Mean milliseconds of selection per super-batch.
@@ -136,6 +146,10 @@ pub struct SelectionStats {
 #[derive(Default)]
 struct Acc {
     n: u64,
+    spectra: u64,
+    solvers: std::collections::BTreeMap<String, u64>,
+    degenerate: u64,
+    unconverged: u64,
     samples_in: u64,
     kept: u64,
     l2: f64,
@@ -158,9 +172,15 @@ impl Acc {
         self.n += 1;
         self.samples_in += n_in as u64;
         self.kept += s.kept.len() as u64;
-        self.l2 += s.lambda2;
-        self.l3 += s.lambda3;
-        self.min_gap = self.min_gap.min(s.lambda3 - s.lambda2);
+        if let Some(solver) = s.solver {
+            self.spectra += 1;
+            *self.solvers.entry(solver.name().to_string()).or_default() += 1;
+            self.degenerate += u64::from(s.degenerate);
+            self.unconverged += u64::from(!s.converged);
+            self.l2 += s.lambda2;
+            self.l3 += s.lambda3;
+            self.min_gap = self.min_gap.min(s.lambda3 - s.lambda2);
+        }
         self.sel_s += s.seconds;
         self.fwd_s += fwd;
         for id in ids {
@@ -171,12 +191,18 @@ impl Acc {
     }
     fn finish(&self) -> SelectionStats {
         let n = self.n.max(1) as f64;
+        let spectra = self.spectra.max(1) as f64;
         SelectionStats {
             superbatches: self.n,
             samples_in: self.samples_in,
             samples_kept: self.kept,
-            mean_lambda2: self.l2 / n,
-            mean_lambda3: self.l3 / n,
+            spectra: self.spectra,
+            solvers: self.solvers.clone(),
+            degenerate: self.degenerate,
+            unconverged: self.unconverged,
+            mean_lambda2: self.l2 / spectra,
+            mean_lambda3: self.l3 / spectra,
+            mean_gap: (self.l3 - self.l2) / spectra,
             min_gap: if self.min_gap.is_finite() {
                 self.min_gap
             } else {
@@ -263,7 +289,7 @@ fn curate(
     };
     let fwd = t.elapsed().as_secs_f64();
     let sel = selector
-        .select(n, features.as_ref(), sb.seq)
+        .select(n, features.as_ref(), sb.seq, sb.progress)
         .map_err(|e| match e {
             // Name the sample by id, not by its position in the super-batch.
             Error::Selection {
