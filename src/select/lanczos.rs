@@ -86,13 +86,25 @@ fn randn(rng: &mut Rng, n: usize, cols: usize, like: &Tensor) -> Result<Tensor, 
         .f_to_device(like.device())
 }
 
-/// Removes the components of `x` (`[n, k]`) along the orthonormal columns of each basis.
-fn project_out(x: &Tensor, bases: &[&Tensor]) -> Result<Tensor, TchError> {
+/// `a^T b` for a large `a` (`[j, n]`) and a skinny `b` (`[j, k]`), as `(b^T a)^T`.
+///
+/// CPU BLAS (MKL) is several times slower on a product whose *large* operand is the
+/// transposed one than on the same product arranged so that the skinny operand is; on CUDA
+/// both are the same.
+pub(crate) fn t_matmul(a: &Tensor, b: &Tensor) -> Result<Tensor, TchError> {
+    b.f_tr()?.f_matmul(a)?.f_tr()
+}
+
+/// Removes from `x` (`[n, k]`) its components along the basis vectors, `passes` times.
+/// Each basis is stored by rows (`[j, n]`, orthonormal rows), so that the first `j` rows
+/// of a preallocated store are one contiguous block.
+fn project_out(x: &Tensor, bases: &[&Tensor], passes: usize) -> Result<Tensor, TchError> {
     let mut x = x.shallow_clone();
-    for _ in 0..2 {
+    for _ in 0..passes {
         for b in bases {
-            if b.size()[1] > 0 {
-                x = x.f_sub(&b.f_matmul(&b.f_tr()?.f_matmul(&x)?)?)?;
+            if b.size()[0] > 0 {
+                let c = b.f_matmul(&x)?; // [j, k]
+                x = x.f_sub(&t_matmul(b, &c)?)?;
             }
         }
     }
@@ -108,12 +120,14 @@ fn column_norms(x: &Tensor) -> Result<Vec<f64>, TchError> {
     Vec::<f64>::try_from(&norms)
 }
 
-/// Up to `want` new orthonormal columns from `x` (`[n, p]`), orthogonal to `bases`.
+/// Up to `want` new orthonormal columns from `x` (`[n, p]`), orthogonal to `bases`
+/// (row-stored, see [`project_out`]).
 ///
-/// The block is projected against `bases` as a whole (two passes of matrix products), then
-/// its columns are orthonormalised one by one. A column that (nearly) vanishes lay in the
-/// span already found and is replaced by a random one; fewer than `want` columns come back
-/// only when no new direction is left (the basis spans the whole space).
+/// The usual case is block classical Gram-Schmidt, twice ("twice is enough"): project the
+/// block, QR, project again, QR. When a column nearly vanishes in the first pass it lay in
+/// the span already found; the slow path then takes columns one at a time and replaces such
+/// columns by random ones. Fewer than `want` columns come back only when no new direction is
+/// left (the basis spans the whole space).
 fn orthonormal_block(
     x: &Tensor,
     bases: &[&Tensor],
@@ -124,12 +138,25 @@ fn orthonormal_block(
     const VANISHED: f64 = 1e-6;
     let n = x.size()[0] as usize;
     // Unit columns first, so "vanished" is relative to each column's own size.
-    let scale: Vec<f64> = column_norms(x)?
-        .iter()
-        .map(|&b| if b > 0.0 && b.is_finite() { 1.0 / b } else { 0.0 })
-        .collect();
-    let x = x.f_mul(&Tensor::f_from_slice(&scale)?.f_to_device(x.device())?)?;
-    let x = project_out(&x, bases)?;
+    let norms = x
+        .f_square()?
+        .f_sum_dim_intlist(0, true, Kind::Double)?
+        .f_sqrt()?;
+    let inv = norms.f_reciprocal()?.f_nan_to_num(0.0, 0.0, 0.0)?;
+    let x = project_out(&x.f_mul(&inv)?, bases, 1)?;
+    if x.size()[1] as usize == want {
+        let (q, r) = Tensor::f_linalg_qr(&x, "reduced")?;
+        let diag = Vec::<f64>::try_from(
+            &r.f_diagonal(0, 0, 1)?
+                .f_abs()?
+                .f_to_device(tch::Device::Cpu)?,
+        )?;
+        if diag.iter().all(|&d| d > 1e-2 && d.is_finite()) {
+            let (q, _) = Tensor::f_linalg_qr(&project_out(&q, bases, 1)?, "reduced")?;
+            return Ok(q);
+        }
+    }
+    let x = project_out(&x, bases, 1)?;
     let mut queue: std::collections::VecDeque<Tensor> = (0..x.size()[1])
         .map(|j| x.f_select(1, j).and_then(|c| c.f_unsqueeze(1)))
         .collect::<Result<_, _>>()?;
@@ -142,17 +169,17 @@ fn orthonormal_block(
                 random_left -= 1;
                 let r = randn(rng, n, 1, &x)?;
                 let r = r.f_div_scalar(column_norms(&r)?[0])?;
-                project_out(&r, bases)?
+                project_out(&r, bases, 2)?
             }
             None => break,
         };
         let mine = if accepted.is_empty() {
             None
         } else {
-            Some(Tensor::f_cat(&accepted, 1)?)
+            Some(Tensor::f_cat(&accepted, 1)?.f_tr()?.f_contiguous()?)
         };
         let mut c = match &mine {
-            Some(m) => project_out(&c, &[m])?,
+            Some(m) => project_out(&c, &[m], 2)?,
             None => c,
         };
         let mut len = column_norms(&c)?[0];
@@ -165,7 +192,7 @@ fn orthonormal_block(
             if let Some(m) = &mine {
                 all.push(m);
             }
-            c = project_out(&c.f_div_scalar(len)?, &all)?;
+            c = project_out(&c.f_div_scalar(len)?, &all, 1)?;
             len = column_norms(&c)?[0];
         }
         accepted.push(c.f_div_scalar(len)?);
@@ -186,6 +213,9 @@ fn orthonormal_block(
 ///
 /// Needs `n >= 2` (and `n >= 3` with a null vector, for a second eigenvalue to exist; with
 /// a one-dimensional complement both eigenvalues returned are the same).
+///
+/// Memory: `V` and `L V` are kept, `2 n max_basis` float64, transposed (`[max_basis, n]`)
+/// so that the part in use is one contiguous block for the matrix products.
 pub fn lowest_pair(
     apply: &mut dyn FnMut(&Tensor) -> Result<Tensor, TchError>,
     n: usize,
@@ -204,18 +234,20 @@ pub fn lowest_pair(
     let m_max = opts.max_basis.max(2).min(dims);
     let p = opts.block.max(1).min(m_max);
     let kind = (Kind::Double, device);
-    let v_all = Tensor::f_zeros([n as i64, m_max as i64], kind)?;
-    let w_all = Tensor::f_zeros([n as i64, m_max as i64], kind)?;
+    let vt = Tensor::f_zeros([m_max as i64, n as i64], kind)?;
+    let wt = Tensor::f_zeros([m_max as i64, n as i64], kind)?;
     let mut h = vec![0.0f64; m_max * m_max];
-    let no_null = Tensor::f_zeros([n as i64, 0], kind)?;
-    let null = null.map_or_else(|| no_null.shallow_clone(), Tensor::shallow_clone);
+    let null = match null {
+        Some(z) => z.f_tr()?.f_contiguous()?,
+        None => Tensor::f_zeros([0, n as i64], kind)?,
+    };
     let mut x = randn(&mut rng, n, p, &null)?;
     let mut m = 0usize;
     let mut matvecs = 0usize;
     let mut last: Option<LowestPair> = None;
     loop {
         let want = p.min(m_max - m);
-        let q = orthonormal_block(&x, &[&null, &v_all.f_narrow(1, 0, m as i64)?], want, &mut rng)?;
+        let q = orthonormal_block(&x, &[&null, &vt.f_narrow(0, 0, m as i64)?], want, &mut rng)?;
         let k = q.size()[1] as usize;
         if k == 0 {
             // No direction left: the basis spans the whole space and the pairs are exact.
@@ -231,12 +263,11 @@ pub fn lowest_pair(
         }
         let wq = apply(&q)?;
         matvecs += k;
-        v_all.f_narrow(1, m as i64, k as i64)?.f_copy_(&q)?;
-        w_all.f_narrow(1, m as i64, k as i64)?.f_copy_(&wq)?;
+        vt.f_narrow(0, m as i64, k as i64)?.f_copy_(&q.f_tr()?)?;
+        wt.f_narrow(0, m as i64, k as i64)?.f_copy_(&wq.f_tr()?)?;
         // New columns of H = V^T L V (and, by symmetry, new rows).
-        let hv = v_all
-            .f_narrow(1, 0, (m + k) as i64)?
-            .f_tr()?
+        let hv = vt
+            .f_narrow(0, 0, (m + k) as i64)?
             .f_matmul(&wq)?
             .f_to_device(tch::Device::Cpu)?
             .f_contiguous()?;
@@ -262,9 +293,10 @@ pub fn lowest_pair(
             let (theta, y) = ht.f_linalg_eigh("L")?;
             let theta = Vec::<f64>::try_from(&theta)?;
             let r = m.min(2);
+            // Ritz vectors X = V Y and their residuals L X - X theta = W Y - X theta.
             let y2 = y.f_narrow(1, 0, r as i64)?.f_to_device(device)?;
-            let xr = v_all.f_narrow(1, 0, m as i64)?.f_matmul(&y2)?;
-            let lx = w_all.f_narrow(1, 0, m as i64)?.f_matmul(&y2)?;
+            let xr = t_matmul(&vt.f_narrow(0, 0, m as i64)?, &y2)?;
+            let lx = t_matmul(&wt.f_narrow(0, 0, m as i64)?, &y2)?;
             let th = Tensor::f_from_slice(&theta[..r])?.f_to_device(device)?;
             let res = column_norms(&lx.f_sub(&xr.f_mul(&th)?)?)?;
             let converged = m == dims

@@ -25,7 +25,7 @@
 use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
-use super::lanczos::{lowest_pair, LanczosOptions};
+use super::lanczos::{lowest_pair, t_matmul, LanczosOptions};
 use crate::rng::Rng;
 
 /// How a cosine similarity becomes an edge weight.
@@ -92,6 +92,12 @@ pub const FALLBACK_DENSE_MAX: usize = 4096;
 /// by the data.
 pub const DEGENERATE_GAP: f64 = 1e-6;
 
+/// The iterative solver's tolerance is at least this when its products run in float32
+/// (`shift` weights on float32 features): float32 rounding, accumulated over `d` terms,
+/// bounds how small a residual can get. It still gives `|<v, v_dense>| >= 0.9999` wherever
+/// `lambda3 - lambda2 >= 1e-4 c`.
+pub const FLOAT32_TOLERANCE: f64 = 1e-6;
+
 /// Everything that defines the spectral step.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct SpectralConfig {
@@ -142,7 +148,9 @@ pub struct Spectrum {
     pub scale: f64,
 }
 
-/// Unit-normalised rows in float64. `features`: `[n, d]` -> `[n, d]` f64. A zero or
+/// Unit-normalised rows, `[n, d]` -> `[n, d]`, in float64 for float64 features and in
+/// float32 otherwise (the extractor's features are float32; converting a super-batch of
+/// 16384 x 2048 to float64 costs more than the whole iterative solve). A zero or
 /// non-finite row is an error naming its position.
 pub fn normalized_rows(features: &Tensor) -> Result<Tensor, String> {
     let t = |e: tch::TchError| e.to_string();
@@ -152,11 +160,13 @@ pub fn normalized_rows(features: &Tensor) -> Result<Tensor, String> {
             "features must be [n, d] with n, d > 0, got {size:?}"
         ));
     }
-    let x = features.f_to_kind(Kind::Double).map_err(t)?;
+    let kind = match features.kind() {
+        Kind::Double => Kind::Double,
+        _ => Kind::Float,
+    };
+    let x = features.f_to_kind(kind).map_err(t)?;
     let norms = x
-        .f_square()
-        .and_then(|s| s.f_sum_dim_intlist(1, false, Kind::Double))
-        .and_then(|s| s.f_sqrt())
+        .f_linalg_norm(2.0, [1i64].as_slice(), false, None::<Kind>)
         .map_err(t)?;
     // A non-finite entry makes the norm non-finite; a zero vector has norm 0.
     let bad = norms
@@ -180,14 +190,18 @@ pub fn normalized_rows(features: &Tensor) -> Result<Tensor, String> {
     x.f_div(&norms.f_unsqueeze(1).map_err(t)?).map_err(t)
 }
 
-/// Weighted similarity matrix with zero diagonal. `u`: `[n, d]` unit rows -> `[n, n]`.
+/// Weighted similarity matrix with zero diagonal. `u`: `[n, d]` unit rows (float32 or
+/// float64) -> `[n, n]` float64; the cosines are computed in `u`'s precision.
 /// `knn_k` is used by [`WeightMapping::Knn`] only.
 pub fn similarity(
     u: &Tensor,
     mapping: WeightMapping,
     knn_k: usize,
 ) -> Result<Tensor, tch::TchError> {
-    let cos = u.f_matmul(&u.f_tr()?)?;
+    let cos = u.f_matmul(&u.f_tr()?)?.f_to_kind(Kind::Double)?;
+    // BLAS does not promise a symmetric U U^T (the two triangles are summed in different
+    // orders); the Laplacian's rows must sum to exactly what its transpose's do.
+    let cos = cos.f_add(&cos.f_tr()?)?.f_mul_scalar(0.5)?;
     let mut s = match mapping {
         WeightMapping::Clip => cos.f_clamp_min(0.0)?,
         WeightMapping::Shift => cos.f_add_scalar(1.0)?.f_mul_scalar(0.5)?,
@@ -245,8 +259,8 @@ pub fn normalized_laplacian(s: &Tensor) -> Result<Tensor, tch::TchError> {
 }
 
 /// Two magnitudes closer than this count as equal in [`canonical_sign`] (entries of a unit
-/// vector; rounding makes exact ties, as in `n = 2`, differ in the last bits).
-pub const SIGN_TIE: f64 = 1e-9;
+/// vector; rounding, float32 products included, makes exact ties differ by up to ~1e-7).
+pub const SIGN_TIE: f64 = 1e-6;
 
 /// Makes the entry of largest magnitude positive; magnitudes within [`SIGN_TIE`] of the
 /// largest count as tied, and the lowest position among them decides.
@@ -309,9 +323,10 @@ impl Graph {
         let n = u.size()[0];
         let (op, deg) = if matrix_free && cfg.weights == WeightMapping::Shift {
             // S = (11^T + UU^T)/2 - I, so deg = (n + U (U^T 1))/2 - 1.
-            let s1 = u.f_sum_dim_intlist(0, true, Kind::Double)?; // [1, d]
+            let s1 = u.f_sum_dim_intlist(0, true, u.kind())?; // [1, d]
             let deg = u
                 .f_matmul(&s1.f_tr()?)?
+                .f_to_kind(Kind::Double)?
                 .f_add_scalar(n as f64)?
                 .f_mul_scalar(0.5)?
                 .f_sub_scalar(1.0)?
@@ -354,6 +369,11 @@ impl Graph {
         })
     }
 
+    /// Whether products run in float32 (`shift` without the matrix, float32 features).
+    fn single_precision(&self) -> bool {
+        matches!(&self.op, Op::Shift { u, .. } if u.kind() == Kind::Float)
+    }
+
     /// `L X`. `x`: `[n, k]` f64 -> `[n, k]` f64.
     fn apply(&self, x: &Tensor) -> Result<Tensor, tch::TchError> {
         match &self.op {
@@ -362,7 +382,7 @@ impl Graph {
                 // L X = (deg + 1) X - (1 1^T X + U U^T X) / 2
                 let low = x
                     .f_sum_dim_intlist(0, true, Kind::Double)?
-                    .f_add(&u.f_matmul(&u.f_tr()?.f_matmul(x)?)?)?
+                    .f_add(&uut(u, x)?)?
                     .f_mul_scalar(0.5)?;
                 x.f_mul(&deg.f_add_scalar(1.0)?)?.f_sub(&low)
             }
@@ -375,7 +395,7 @@ impl Graph {
                 let y = x.f_mul(dinv)?;
                 let sy = y
                     .f_sum_dim_intlist(0, true, Kind::Double)?
-                    .f_add(&u.f_matmul(&u.f_tr()?.f_matmul(&y)?)?)?
+                    .f_add(&uut(u, &y)?)?
                     .f_mul_scalar(0.5)?
                     .f_sub(&y)?;
                 x.f_mul(mask)?.f_sub(&sy.f_mul(dinv)?)
@@ -384,8 +404,19 @@ impl Graph {
     }
 }
 
+/// `U U^T X` in `u`'s precision (float32 for the extractor's features: half the memory
+/// traffic of float64, which is what bounds this product), returned as float64.
+/// `u`: `[n, d]`, `x`: `[n, k]` float64 -> `[n, k]` float64.
+fn uut(u: &Tensor, x: &Tensor) -> Result<Tensor, tch::TchError> {
+    let xk = x.f_to_kind(u.kind())?;
+    u.f_matmul(&t_matmul(u, &xk)?)?.f_to_kind(Kind::Double)
+}
+
+/// The solver that runs: `auto` by size, and `dense` for `n <= 2` whatever was asked
+/// (there is nothing to iterate on).
 fn resolve(solver: Solver, n: usize) -> Solver {
     match solver {
+        _ if n <= 2 => Solver::Dense,
         Solver::Auto if n <= AUTO_DENSE_MAX => Solver::Dense,
         Solver::Auto => Solver::Lanczos,
         s => s,
@@ -489,12 +520,16 @@ pub fn fiedler(features: &Tensor, cfg: &SpectralConfig, rng: Rng) -> Result<Spec
     }
     let (lambda2, lambda3, vector) = match solver {
         Solver::Lanczos => {
+            let mut opts = cfg.lanczos;
+            if graph.single_precision() {
+                opts.tolerance = opts.tolerance.max(FLOAT32_TOLERANCE);
+            }
             let r = lowest_pair(
                 &mut |x| graph.apply(x),
                 n,
                 Some(&graph.null),
                 graph.scale,
-                &cfg.lanczos,
+                &opts,
                 rng,
                 u.device(),
             )
@@ -713,7 +748,8 @@ mod tests {
 
     #[test]
     fn knn_matches_a_direct_construction() {
-        let f = clustered_features(40, 6, 3, 9, tch::Device::Cpu).unwrap();
+        // float64 features: every cosine exact, so the comparison can be tight.
+        let f = clustered_features(40, 6, 3, 9, tch::Device::Cpu).unwrap().to_kind(Kind::Double);
         let u = normalized_rows(&f).unwrap();
         let n = 40;
         let uv = as_vec(&u);
@@ -779,15 +815,21 @@ mod tests {
     #[test]
     fn the_matrix_free_shift_operator_equals_the_matrix() {
         let f = clustered_features(50, 7, 3, 4, tch::Device::Cpu).unwrap();
-        let u = normalized_rows(&f).unwrap();
         let x = Tensor::randn([50, 3], (Kind::Double, tch::Device::Cpu));
-        for l in LAPLACIANS {
-            let c = cfg(WeightMapping::Shift, l, Solver::Lanczos);
-            let free = Graph::build(&u, &c, true).unwrap();
-            assert!(matches!(free.op, Op::Shift { .. }));
-            let (mat, _) = laplacian_matrix(&u, &c).unwrap();
-            let want = mat.matmul(&x);
-            assert!(free.apply(&x).unwrap().allclose(&want, 1e-10, 1e-10, false), "{l:?}");
+        // float64 features: products in float64, equal to rounding; float32: to float32's.
+        for (kind, tol) in [(Kind::Double, 1e-10), (Kind::Float, 1e-5)] {
+            let u = normalized_rows(&f.to_kind(kind)).unwrap();
+            assert_eq!(u.kind(), kind);
+            for l in LAPLACIANS {
+                let c = cfg(WeightMapping::Shift, l, Solver::Lanczos);
+                let free = Graph::build(&u, &c, true).unwrap();
+                assert!(matches!(free.op, Op::Shift { .. }));
+                assert_eq!(free.single_precision(), kind == Kind::Float);
+                let (mat, _) = laplacian_matrix(&u, &c).unwrap();
+                let want = mat.matmul(&x);
+                let got = free.apply(&x).unwrap();
+                assert!(got.allclose(&want, tol, tol * 50.0, false), "{kind:?} {l:?}");
+            }
         }
     }
 
@@ -824,7 +866,7 @@ mod tests {
         }
         // Relative error, with the degenerate-gap resolution as the floor for eigenvalues
         // near 0 (two components).
-        let tiny = DEGENERATE_GAP * d.scale;
+        let tiny = (DEGENERATE_GAP * d.scale).max(f64::MIN_POSITIVE);
         let rel = |a: f64, b: f64| (a - b).abs() / b.abs().max(tiny);
         prop_assert!(rel(i.lambda2, d.lambda2) <= 1e-4, "lambda2 {} vs {}", i.lambda2, d.lambda2);
         prop_assert!(rel(i.lambda3, d.lambda3) <= 1e-4, "lambda3 {} vs {}", i.lambda3, d.lambda3);
