@@ -377,6 +377,41 @@ impl ExtractorConfig {
 
 #[cfg(test)]
 mod tests {
+    use crate::select::{Selection, Solver};
+
+    #[test]
+    fn selection_stats_summarise_solvers_gaps_and_degenerate_spectra() {
+        let sel = |solver: Option<Solver>, l2: f64, l3: f64, degenerate: bool| Selection {
+            kept: vec![0, 1],
+            scores: vec![0.0; 4],
+            keep_ratio: 0.5,
+            lambda2: l2,
+            lambda3: l3,
+            solver,
+            degenerate,
+            converged: true,
+            matvecs: 0,
+            seconds: 0.01,
+        };
+        let mut acc = super::Acc::new();
+        acc.add(&sel(Some(Solver::Dense), 1.0, 2.0, false), 4, &[1, 2], 0.1);
+        acc.add(&sel(Some(Solver::Lanczos), 3.0, 3.5, false), 4, &[3, 4], 0.1);
+        acc.add(&sel(Some(Solver::Lanczos), 2.0, 2.0, true), 4, &[5, 6], 0.1);
+        let s = acc.finish();
+        assert_eq!((s.superbatches, s.spectra, s.degenerate, s.unconverged), (3, 3, 1, 0));
+        assert_eq!(s.solvers.get("dense"), Some(&1));
+        assert_eq!(s.solvers.get("lanczos"), Some(&2));
+        assert!((s.mean_lambda2 - 2.0).abs() < 1e-12 && (s.mean_gap - 0.5).abs() < 1e-12);
+        assert_eq!(s.min_gap, 0.0);
+        assert!((s.selection_over_forward - 0.1).abs() < 1e-12);
+        // Policies without a spectrum do not drag the eigenvalue means to 0.
+        let mut acc = super::Acc::new();
+        acc.add(&sel(Some(Solver::Dense), 4.0, 5.0, false), 4, &[1, 2], 0.1);
+        acc.add(&sel(None, 0.0, 0.0, false), 4, &[1, 2], 0.1);
+        let s = acc.finish();
+        assert_eq!((s.spectra, s.mean_lambda2), (1, 4.0));
+    }
+
     #[test]
     fn positions_become_ids() {
         assert_eq!(

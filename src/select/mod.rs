@@ -423,4 +423,64 @@ mod tests {
         none.cfg.schedule = Schedule::Linear { start: 1.0 };
         assert_eq!(none.select(100, None, 0, 1.0).unwrap().kept.len(), 100);
     }
+
+    fn parse(selection: &str) -> crate::Result<crate::config::PipelineConfig> {
+        let yaml = format!("source: {{ idx: {{ dir: /nonexistent }} }}\nselection: {selection}\n");
+        crate::config::PipelineConfig::from_yaml_str(&yaml, "inline.yaml")
+    }
+
+    #[test]
+    fn every_option_parses_from_yaml() {
+        let cfg = parse(
+            "{ keep_ratio: 0.5, schedule: { kind: step, start: 1.0, steps: 3 }, weights: knn, \
+             knn_k: 7, laplacian: symmetric, solver: lanczos, rule: balanced }",
+        )
+        .unwrap();
+        let s = SelectorConfig::from_config(&cfg);
+        assert_eq!(s.schedule, Schedule::Step { start: 1.0, steps: 3 });
+        assert_eq!(s.spectral.weights, WeightMapping::Knn);
+        assert_eq!(s.spectral.knn_k, 7);
+        assert_eq!(s.spectral.laplacian, LaplacianKind::Symmetric);
+        assert_eq!(s.spectral.solver, Solver::Lanczos);
+        assert_eq!(s.rule, Rule::Balanced);
+        for (yaml, want) in [
+            ("{ kind: constant }", Schedule::Constant),
+            ("{ kind: linear, start: 0.9 }", Schedule::Linear { start: 0.9 }),
+            ("{ kind: cosine, start: 0.8 }", Schedule::Cosine { start: 0.8 }),
+        ] {
+            let cfg = parse(&format!("{{ schedule: {yaml} }}")).unwrap();
+            assert_eq!(cfg.selection.schedule, want);
+        }
+        // Defaults: constant schedule, clip, the paper's Laplacian, auto solver.
+        let d = parse("{}").unwrap().selection;
+        assert_eq!(d.schedule, Schedule::Constant);
+        assert_eq!((d.weights, d.laplacian, d.solver), (WeightMapping::Clip, LaplacianKind::Unnormalized, Solver::Auto));
+    }
+
+    #[test]
+    fn bad_options_are_reported_with_their_keys() {
+        let e = parse("{ schedule: { kind: linear, start: 1.0, end: 0.2 } }").unwrap_err();
+        assert!(e.to_string().contains("end"), "{e}");
+        let e = parse("{ schedule: { kind: sawtooth } }").unwrap_err();
+        assert!(e.to_string().contains("sawtooth"), "{e}");
+        let e = parse("{ solver: magic }").unwrap_err();
+        assert!(e.to_string().contains("magic"), "{e}");
+        let e = parse("{ knn_k: 0, schedule: { kind: cosine, start: 0 } }").unwrap_err().to_string();
+        assert!(e.contains("selection.knn_k") && e.contains("selection.schedule.start"), "{e}");
+    }
+
+    #[test]
+    fn an_unconverged_lanczos_is_recomputed_by_dense_under_auto_and_flagged_otherwise() {
+        // Isotropic noise has small gaps: 8 basis vectors cannot reach the tolerance.
+        let f = clustered_features(200, 40, 1, 3, tch::Device::Cpu).unwrap();
+        let f = f.f_sub(&f.mean_dim(0, true, tch::Kind::Float)).unwrap();
+        for (solver, want) in [(Solver::Auto, Solver::Dense), (Solver::Lanczos, Solver::Lanczos)] {
+            let mut s = saln(Rule::Quantile, 0.25, solver);
+            s.cfg.spectral.lanczos.max_basis = 8;
+            let r = s.select(200, Some(&f), 0, 0.0).unwrap();
+            assert_eq!(r.solver, Some(want));
+            assert_eq!(r.converged, want == Solver::Dense, "{r:?}");
+            assert_eq!(r.kept.len(), 50);
+        }
+    }
 }
