@@ -198,17 +198,18 @@ pub fn similarity(
     mapping: WeightMapping,
     knn_k: usize,
 ) -> Result<Tensor, tch::TchError> {
-    let cos = u.f_matmul(&u.f_tr()?)?.f_to_kind(Kind::Double)?;
+    let cos = u.f_matmul(&u.f_tr()?)?;
     // BLAS does not promise a symmetric U U^T (the two triangles are summed in different
     // orders); the Laplacian's rows must sum to exactly what its transpose's do.
-    let cos = cos.f_add(&cos.f_tr()?)?.f_mul_scalar(0.5)?;
+    let mut cos = cos.f_add(&cos.f_tr()?)?;
+    let _ = cos.f_mul_scalar_(0.5)?;
     let mut s = match mapping {
-        WeightMapping::Clip => cos.f_clamp_min(0.0)?,
-        WeightMapping::Shift => cos.f_add_scalar(1.0)?.f_mul_scalar(0.5)?,
-        WeightMapping::Knn => return knn_weights(&cos, knn_k),
+        WeightMapping::Clip => cos.f_clamp_min_(0.0)?,
+        WeightMapping::Shift => cos.f_add_scalar_(1.0)?.f_mul_scalar_(0.5)?,
+        WeightMapping::Knn => return knn_weights(&cos, knn_k)?.f_to_kind(Kind::Double),
     };
     let _ = s.f_fill_diagonal_(0.0, false)?;
-    Ok(s)
+    s.f_to_kind(Kind::Double)
 }
 
 /// k-nearest-neighbour weights from a cosine matrix (`[n, n]`): row `i` keeps
@@ -281,22 +282,39 @@ pub fn canonical_sign(v: &mut [f64]) {
     }
 }
 
-/// The Laplacian of `cfg` as a matrix, and the degrees. `u`: `[n, d]` unit rows ->
-/// (`[n, n]`, `[n]`).
-fn laplacian_matrix(u: &Tensor, cfg: &SpectralConfig) -> Result<(Tensor, Tensor), tch::TchError> {
-    let s = similarity(u, cfg.weights, cfg.knn_k)?;
+/// The Laplacian of `cfg` in two parts, `L = diag(diag) - off`, and the degrees.
+/// `u`: `[n, d]` unit rows -> (`off` `[n, n]`, `diag` `[n, 1]`, degrees `[n]`), float64.
+/// For `L`, `off = S` and `diag` the degrees; for `L_sym`, `off = D^-1/2 S D^-1/2` and
+/// `diag` 1 (0 for an isolated sample). Kept apart so a product needs no `n x n` `L`.
+fn laplacian_parts(
+    u: &Tensor,
+    cfg: &SpectralConfig,
+) -> Result<(Tensor, Tensor, Tensor), tch::TchError> {
+    let mut s = similarity(u, cfg.weights, cfg.knn_k)?;
     let deg = s.f_sum_dim_intlist(1, false, Kind::Double)?;
-    let l = match cfg.laplacian {
-        LaplacianKind::Unnormalized => laplacian(&s)?,
-        LaplacianKind::Symmetric => normalized_laplacian(&s)?,
+    let (off, diag) = match cfg.laplacian {
+        LaplacianKind::Unnormalized => (s, deg.f_unsqueeze(1)?),
+        LaplacianKind::Symmetric => {
+            let (dinv, mask) = inv_sqrt_degrees(&deg)?;
+            let _ = s.f_mul_(&dinv.f_unsqueeze(1)?)?.f_mul_(&dinv.f_unsqueeze(0)?)?;
+            (s, mask.f_unsqueeze(1)?)
+        }
     };
-    Ok((l, deg))
+    Ok((off, diag, deg))
+}
+
+/// The Laplacian of `cfg` as one `[n, n]` float64 matrix.
+fn laplacian_matrix(u: &Tensor, cfg: &SpectralConfig) -> Result<Tensor, tch::TchError> {
+    let (mut off, diag, _) = laplacian_parts(u, cfg)?;
+    let l = off.f_neg_()?;
+    let _ = l.f_diagonal(0, 0, 1)?.f_add_(&diag.f_squeeze_dim(1)?)?;
+    Ok(l)
 }
 
 /// How the Laplacian is applied.
 enum Op {
-    /// The Laplacian itself, `[n, n]`.
-    Matrix(Tensor),
+    /// `L = diag(diag) - off` (see [`laplacian_parts`]).
+    Matrix { off: Tensor, diag: Tensor },
     /// `shift` weights without the matrix: `u` `[n, d]`, `deg` `[n, 1]`; for `L_sym` also
     /// `D^-1/2` and the non-isolated mask, both `[n, 1]`.
     Shift {
@@ -345,8 +363,8 @@ impl Graph {
             };
             (op, deg.f_squeeze_dim(1)?)
         } else {
-            let (l, deg) = laplacian_matrix(u, cfg)?;
-            (Op::Matrix(l), deg)
+            let (off, diag, deg) = laplacian_parts(u, cfg)?;
+            (Op::Matrix { off, diag }, deg)
         };
         let max_deg = deg.f_max()?.f_double_value(&[])?;
         let (null, scale) = match cfg.laplacian {
@@ -377,7 +395,7 @@ impl Graph {
     /// `L X`. `x`: `[n, k]` f64 -> `[n, k]` f64.
     fn apply(&self, x: &Tensor) -> Result<Tensor, tch::TchError> {
         match &self.op {
-            Op::Matrix(l) => l.f_matmul(x),
+            Op::Matrix { off, diag } => x.f_mul(diag)?.f_sub(&off.f_matmul(x)?),
             Op::Shift { u, deg, sym: None } => {
                 // L X = (deg + 1) X - (1 1^T X + U U^T X) / 2
                 let low = x
@@ -438,8 +456,12 @@ fn dense(
     cfg: &SpectralConfig,
 ) -> Result<(f64, f64, Tensor), tch::TchError> {
     let l = match &graph.op {
-        Op::Matrix(l) => l.shallow_clone(),
-        Op::Shift { .. } => laplacian_matrix(u, cfg)?.0,
+        Op::Matrix { off, diag } => {
+            let l = off.f_neg()?;
+            let _ = l.f_diagonal(0, 0, 1)?.f_add_(&diag.f_squeeze_dim(1)?)?;
+            l
+        }
+        Op::Shift { .. } => laplacian_matrix(u, cfg)?,
     };
     let n = l.size()[0];
     let z = graph.null.f_squeeze_dim(1)?; // [n]
@@ -825,7 +847,7 @@ mod tests {
                 let free = Graph::build(&u, &c, true).unwrap();
                 assert!(matches!(free.op, Op::Shift { .. }));
                 assert_eq!(free.single_precision(), kind == Kind::Float);
-                let (mat, _) = laplacian_matrix(&u, &c).unwrap();
+                let mat = laplacian_matrix(&u, &c).unwrap();
                 let want = mat.matmul(&x);
                 let got = free.apply(&x).unwrap();
                 assert!(got.allclose(&want, tol, tol * 50.0, false), "{kind:?} {l:?}");
