@@ -120,46 +120,51 @@ fn column_norms(x: &Tensor) -> Result<Vec<f64>, TchError> {
     Vec::<f64>::try_from(&norms)
 }
 
-/// Up to `want` new orthonormal columns from `x` (`[n, p]`), orthogonal to `bases`
-/// (row-stored, see [`project_out`]).
+/// A block after one projection against the basis, waiting to be orthonormalised.
+struct Pending {
+    /// The projected block, `[n, p]`.
+    x: Tensor,
+    /// Squared column lengths before the projection.
+    before: Vec<f64>,
+    /// Squared column lengths after it.
+    after: Vec<f64>,
+}
+
+/// Orthonormal columns (at most `want`) spanning the new directions of `pending`, which was
+/// projected once against `basis` (row-stored, see [`project_out`]).
 ///
-/// The usual case is block classical Gram-Schmidt, twice ("twice is enough"): project the
-/// block, QR, project again, QR. When a column nearly vanishes in the first pass it lay in
-/// the span already found; the slow path then takes columns one at a time and replaces such
-/// columns by random ones. Fewer than `want` columns come back only when no new direction is
-/// left (the basis spans the whole space).
+/// The usual case is block classical Gram-Schmidt, twice ("twice is enough"): QR of the
+/// once-projected block, a second projection, QR again. When a column lost almost all of
+/// its length in the first projection it lay in the span already found; the slow path then
+/// takes columns one at a time and replaces such columns by random ones. Fewer than `want`
+/// columns come back only when no new direction is left (the basis spans the whole space).
 fn orthonormal_block(
-    x: &Tensor,
-    bases: &[&Tensor],
+    pending: Pending,
+    basis: &Tensor,
     want: usize,
     rng: &mut Rng,
 ) -> Result<Tensor, TchError> {
-    /// A column keeps less than this fraction of its length: it was in the span already.
+    /// Kept fraction of a column's length above which one more projection suffices.
+    const CLEAR: f64 = 1e-2;
+    /// Kept fraction below which a column is taken as already in the span.
     const VANISHED: f64 = 1e-6;
+    let Pending { x, before, after } = pending;
     let n = x.size()[0] as usize;
-    // Unit columns first, so "vanished" is relative to each column's own size.
-    let norms = x
-        .f_square()?
-        .f_sum_dim_intlist(0, true, Kind::Double)?
-        .f_sqrt()?;
-    let inv = norms.f_reciprocal()?.f_nan_to_num(0.0, 0.0, 0.0)?;
-    let x = project_out(&x.f_mul(&inv)?, bases, 1)?;
-    if x.size()[1] as usize == want {
-        let (q, r) = Tensor::f_linalg_qr(&x, "reduced")?;
-        let diag = Vec::<f64>::try_from(
-            &r.f_diagonal(0, 0, 1)?
-                .f_abs()?
-                .f_to_device(tch::Device::Cpu)?,
-        )?;
-        if diag.iter().all(|&d| d > 1e-2 && d.is_finite()) {
-            let (q, _) = Tensor::f_linalg_qr(&project_out(&q, bases, 1)?, "reduced")?;
-            return Ok(q);
+    let kept = |j: usize| (after[j] / before[j]).sqrt();
+    let clear = (0..before.len()).all(|j| before[j] > 0.0 && kept(j) > CLEAR && kept(j).is_finite());
+    if before.len() == want && clear {
+        let (q, _) = Tensor::f_linalg_qr(&x, "reduced")?;
+        let (q, _) = Tensor::f_linalg_qr(&project_out(&q, &[basis], 1)?, "reduced")?;
+        return Ok(q);
+    }
+    // Slow path: unit columns, one at a time.
+    let mut queue: std::collections::VecDeque<Tensor> = std::collections::VecDeque::new();
+    for j in 0..before.len() {
+        if before[j] > 0.0 && kept(j) > VANISHED && kept(j).is_finite() {
+            let c = x.f_select(1, j as i64)?.f_unsqueeze(1)?;
+            queue.push_back(c.f_div_scalar(after[j].sqrt())?);
         }
     }
-    let x = project_out(&x, bases, 1)?;
-    let mut queue: std::collections::VecDeque<Tensor> = (0..x.size()[1])
-        .map(|j| x.f_select(1, j).and_then(|c| c.f_unsqueeze(1)))
-        .collect::<Result<_, _>>()?;
     let mut accepted: Vec<Tensor> = Vec::new();
     let mut random_left = 4 * want + 4;
     while accepted.len() < want {
@@ -169,7 +174,7 @@ fn orthonormal_block(
                 random_left -= 1;
                 let r = randn(rng, n, 1, &x)?;
                 let r = r.f_div_scalar(column_norms(&r)?[0])?;
-                project_out(&r, bases, 2)?
+                project_out(&r, &[basis], 1)?
             }
             None => break,
         };
@@ -178,24 +183,15 @@ fn orthonormal_block(
         } else {
             Some(Tensor::f_cat(&accepted, 1)?.f_tr()?.f_contiguous()?)
         };
-        let mut c = match &mine {
-            Some(m) => project_out(&c, &[m], 2)?,
-            None => c,
-        };
-        let mut len = column_norms(&c)?[0];
-        if !(len > VANISHED && len.is_finite()) {
-            continue;
+        let mut all: Vec<&Tensor> = vec![basis];
+        if let Some(m) = &mine {
+            all.push(m);
         }
-        if len < 0.1 {
-            // Heavy cancellation: one more pass against everything keeps V orthonormal.
-            let mut all: Vec<&Tensor> = bases.to_vec();
-            if let Some(m) = &mine {
-                all.push(m);
-            }
-            c = project_out(&c.f_div_scalar(len)?, &all, 1)?;
-            len = column_norms(&c)?[0];
+        let c = project_out(&c, &all, 2)?;
+        let len = column_norms(&c)?[0];
+        if len > VANISHED && len.is_finite() {
+            accepted.push(c.f_div_scalar(len)?);
         }
-        accepted.push(c.f_div_scalar(len)?);
     }
     if accepted.is_empty() {
         return Tensor::f_zeros([n as i64, 0], (Kind::Double, x.device()));
@@ -214,6 +210,12 @@ fn orthonormal_block(
 /// Needs `n >= 2` (and `n >= 3` with a null vector, for a second eigenvalue to exist; with
 /// a one-dimensional complement both eigenvalues returned are the same).
 ///
+/// Each step costs one product `L Q` for a block `Q`, and a few products with the basis.
+/// The projection of `L Q` against the basis gives the new columns of `H` and the next
+/// block at once; the block Lanczos relation `L V = V H + R E^T` then gives every Ritz
+/// residual from the small matrix `R^T R`, so the explicit residual `|L x - theta x|` is
+/// computed only to confirm convergence.
+///
 /// Memory: `V` and `L V` are kept, `2 n max_basis` float64, transposed (`[max_basis, n]`)
 /// so that the part in use is one contiguous block for the matrix products.
 pub fn lowest_pair(
@@ -225,7 +227,8 @@ pub fn lowest_pair(
     mut rng: Rng,
     device: tch::Device,
 ) -> Result<LowestPair, TchError> {
-    let dims = n - usize::from(null.is_some());
+    let nz = usize::from(null.is_some());
+    let dims = n - nz;
     if dims == 0 {
         return Err(TchError::Kind(
             "lanczos: the operator's complement of its null vector is empty".into(),
@@ -233,89 +236,148 @@ pub fn lowest_pair(
     }
     let m_max = opts.max_basis.max(2).min(dims);
     let p = opts.block.max(1).min(m_max);
+    let tol = opts.tolerance * scale;
     let kind = (Kind::Double, device);
-    let vt = Tensor::f_zeros([m_max as i64, n as i64], kind)?;
+    // Rows: the null vector (when given), then the basis V.
+    let store = Tensor::f_zeros([(nz + m_max) as i64, n as i64], kind)?;
     let wt = Tensor::f_zeros([m_max as i64, n as i64], kind)?;
+    if let Some(z) = null {
+        store.f_narrow(0, 0, 1)?.f_copy_(&z.f_tr()?)?;
+    }
     let mut h = vec![0.0f64; m_max * m_max];
-    let null = match null {
-        Some(z) => z.f_tr()?.f_contiguous()?,
-        None => Tensor::f_zeros([0, n as i64], kind)?,
+    let start = randn(&mut rng, n, p, &store)?;
+    let mut pending = {
+        let x = project_out(&start, &[&store.f_narrow(0, 0, nz as i64)?], 1)?;
+        Pending {
+            before: column_norms(&start)?.iter().map(|v| v * v).collect(),
+            after: column_norms(&x)?.iter().map(|v| v * v).collect(),
+            x,
+        }
     };
-    let mut x = randn(&mut rng, n, p, &null)?;
     let mut m = 0usize;
     let mut matvecs = 0usize;
-    let mut last: Option<LowestPair> = None;
     loop {
         let want = p.min(m_max - m);
-        let q = orthonormal_block(&x, &[&null, &vt.f_narrow(0, 0, m as i64)?], want, &mut rng)?;
+        let q = orthonormal_block(pending, &store.f_narrow(0, 0, (nz + m) as i64)?, want, &mut rng)?;
         let k = q.size()[1] as usize;
         if k == 0 {
             // No direction left: the basis spans the whole space and the pairs are exact.
-            return match last {
-                Some(mut r) => {
-                    r.converged = true;
-                    Ok(r)
-                }
-                None => Err(TchError::Kind(
+            if m == 0 {
+                return Err(TchError::Kind(
                     "lanczos: no start vector orthogonal to the null vector".into(),
-                )),
-            };
+                ));
+            }
+            let (theta, y) = ritz_values(&h, m_max, m)?;
+            let (pair, _) = ritz_pair(&store, &wt, nz, m, &theta, &y, matvecs, device)?;
+            return Ok(LowestPair {
+                converged: true,
+                ..pair
+            });
         }
         let wq = apply(&q)?;
         matvecs += k;
-        vt.f_narrow(0, m as i64, k as i64)?.f_copy_(&q.f_tr()?)?;
+        store.f_narrow(0, (nz + m) as i64, k as i64)?.f_copy_(&q.f_tr()?)?;
         wt.f_narrow(0, m as i64, k as i64)?.f_copy_(&wq.f_tr()?)?;
-        // New columns of H = V^T L V (and, by symmetry, new rows).
-        let hv = vt
-            .f_narrow(0, 0, (m + k) as i64)?
-            .f_matmul(&wq)?
-            .f_to_device(tch::Device::Cpu)?
-            .f_contiguous()?;
-        let hv = Vec::<f64>::try_from(&hv.f_view([-1])?)?;
-        for i in 0..m + k {
+        m += k;
+        // One projection of L Q against [z; V]: its coefficients are H's new columns, the
+        // remainder R is the next block, and R^T R gives the residual estimates.
+        let basis = store.f_narrow(0, 0, (nz + m) as i64)?;
+        let coef = basis.f_matmul(&wq)?; // [nz + m, k]
+        let rest = wq.f_sub(&t_matmul(&basis, &coef)?)?;
+        let gram = rest.f_tr()?.f_matmul(&rest)?; // [k, k]
+        let before = wq.f_square()?.f_sum_dim_intlist(0, false, Kind::Double)?;
+        let small = Tensor::f_cat(&[coef.f_view([-1])?, gram.f_view([-1])?, before], 0)?
+            .f_to_device(tch::Device::Cpu)?;
+        let small = Vec::<f64>::try_from(&small)?;
+        let (coef, rest_small) = small.split_at((nz + m) * k);
+        let (gram, before) = rest_small.split_at(k * k);
+        for i in 0..m {
             for j in 0..k {
-                let col = m + j;
-                let val = if i < m {
-                    hv[i * k + j]
+                let col = m - k + j;
+                let val = if i < m - k {
+                    coef[(nz + i) * k + j]
                 } else {
-                    0.5 * (hv[i * k + j] + hv[(m + j) * k + (i - m)])
+                    // Within the new block: symmetrise rounding.
+                    0.5 * (coef[(nz + i) * k + j] + coef[(nz + col) * k + (i - (m - k))])
                 };
                 h[i * m_max + col] = val;
                 h[col * m_max + i] = val;
             }
         }
-        m += k;
-        if m >= 2 || m == dims {
-            let ht = Tensor::f_from_slice(&h)?
-                .f_view([m_max as i64, m_max as i64])?
-                .f_narrow(0, 0, m as i64)?
-                .f_narrow(1, 0, m as i64)?;
-            let (theta, y) = ht.f_linalg_eigh("L")?;
-            let theta = Vec::<f64>::try_from(&theta)?;
-            let r = m.min(2);
-            // Ritz vectors X = V Y and their residuals L X - X theta = W Y - X theta.
-            let y2 = y.f_narrow(1, 0, r as i64)?.f_to_device(device)?;
-            let xr = t_matmul(&vt.f_narrow(0, 0, m as i64)?, &y2)?;
-            let lx = t_matmul(&wt.f_narrow(0, 0, m as i64)?, &y2)?;
-            let th = Tensor::f_from_slice(&theta[..r])?.f_to_device(device)?;
-            let res = column_norms(&lx.f_sub(&xr.f_mul(&th)?)?)?;
-            let converged = m == dims
-                || res
-                    .iter()
-                    .all(|&e| e <= opts.tolerance * scale && e.is_finite());
-            let pair = LowestPair {
-                lambda: [theta[0], theta[r - 1]],
-                vector: xr.f_select(1, 0)?,
-                converged,
-                matvecs,
-            };
-            if converged || m >= m_max {
-                return Ok(pair);
-            }
-            last = Some(pair);
+        let after: Vec<f64> = (0..k).map(|j| gram[j * k + j].max(0.0)).collect();
+        pending = Pending {
+            x: rest,
+            before: before.to_vec(),
+            after,
+        };
+        if m < 2 && m < dims {
+            continue;
         }
-        x = wq;
+        let (theta, y) = ritz_values(&h, m_max, m)?;
+        let r = m.min(2);
+        let yv = Vec::<f64>::try_from(&y.f_contiguous()?.f_view([-1])?)?;
+        // |R y_last|^2 = y_last^T (R^T R) y_last, y_last the Ritz vector's last k entries.
+        let estimate = |col: usize| -> f64 {
+            let yl: Vec<f64> = (m - k..m).map(|i| yv[i * m + col]).collect();
+            let mut s = 0.0;
+            for a in 0..k {
+                for b in 0..k {
+                    s += yl[a] * gram[a * k + b] * yl[b];
+                }
+            }
+            s.max(0.0).sqrt()
+        };
+        let exhausted = m == dims;
+        let looks_done = exhausted || (0..r).all(|i| estimate(i) <= tol);
+        if !(looks_done || m >= m_max) {
+            continue;
+        }
+        let (mut pair, res) = ritz_pair(&store, &wt, nz, m, &theta, &y, matvecs, device)?;
+        pair.converged = exhausted || res.iter().all(|&e| e <= tol && e.is_finite());
+        if pair.converged || m >= m_max {
+            return Ok(pair);
+        }
     }
+}
+
+/// Eigenvalues (ascending) and eigenvectors (`[m, m]`, CPU) of the leading `m x m` block of
+/// `h` (row-major, `m_max` wide).
+fn ritz_values(h: &[f64], m_max: usize, m: usize) -> Result<(Vec<f64>, Tensor), TchError> {
+    let hm: Vec<f64> = (0..m)
+        .flat_map(|i| h[i * m_max..i * m_max + m].iter().copied())
+        .collect();
+    let (theta, y) = Tensor::f_from_slice(&hm)?
+        .f_view([m as i64, m as i64])?
+        .f_linalg_eigh("L")?;
+    Ok((Vec::<f64>::try_from(&theta)?, y))
+}
+
+/// The two lowest Ritz pairs of the basis in `store` (rows `nz..nz + m`) and their explicit
+/// residuals `|L x - theta x| = |W y - theta V y|`. `converged` is left `false`.
+#[allow(clippy::too_many_arguments)]
+fn ritz_pair(
+    store: &Tensor,
+    wt: &Tensor,
+    nz: usize,
+    m: usize,
+    theta: &[f64],
+    y: &Tensor,
+    matvecs: usize,
+    device: tch::Device,
+) -> Result<(LowestPair, Vec<f64>), TchError> {
+    let r = m.min(2);
+    let y2 = y.f_narrow(1, 0, r as i64)?.f_to_device(device)?;
+    let xr = t_matmul(&store.f_narrow(0, nz as i64, m as i64)?, &y2)?;
+    let lx = t_matmul(&wt.f_narrow(0, 0, m as i64)?, &y2)?;
+    let th = Tensor::f_from_slice(&theta[..r])?.f_to_device(device)?;
+    let res = column_norms(&lx.f_sub(&xr.f_mul(&th)?)?)?;
+    let pair = LowestPair {
+        lambda: [theta[0], theta[r - 1]],
+        vector: xr.f_select(1, 0)?,
+        converged: false,
+        matvecs,
+    };
+    Ok((pair, res))
 }
 
 #[cfg(test)]
