@@ -28,6 +28,9 @@ pub struct SuperBatch {
     pub seq: u64,
     /// Epoch (0-based).
     pub epoch: usize,
+    /// Training progress in `[0, 1)`: `seq / total`, the fraction of the run's super-batches
+    /// that came before this one. Selection schedules are functions of it.
+    pub progress: f64,
     /// Stable ids of the samples, in super-batch order.
     pub ids: Vec<u64>,
     /// Labels, same order.
@@ -102,6 +105,7 @@ pub struct LoaderSummary {
 struct Job {
     seq: u64,
     epoch: usize,
+    progress: f64,
     indices: Vec<usize>,
 }
 
@@ -124,6 +128,7 @@ fn build(
     let mut sb = SuperBatch {
         seq: job.seq,
         epoch: job.epoch,
+        progress: job.progress,
         ids: Vec::with_capacity(job.indices.len()),
         labels: Vec::with_capacity(job.indices.len()),
         pixels: Vec::with_capacity(job.indices.len() * per),
@@ -186,6 +191,7 @@ pub fn run_loader(
         .map(|(seq, (epoch, indices))| Job {
             seq: seq as u64,
             epoch,
+            progress: seq as f64 / total.max(1) as f64,
             indices,
         });
     // Which sequence number closes each epoch.
@@ -420,6 +426,18 @@ mod tests {
         for e in &mut epochs {
             e.sort_unstable();
             assert_eq!(*e, (0..100).collect::<Vec<u64>>());
+        }
+        // Progress is seq / total: 0 first, evenly spaced, below 1.
+        let progress: Vec<f64> = msgs
+            .iter()
+            .filter_map(|m| match m {
+                Msg::Data(sb) => Some(sb.progress),
+                Msg::EpochEnd { .. } => None,
+            })
+            .collect();
+        assert_eq!(progress.len(), 14);
+        for (i, p) in progress.iter().enumerate() {
+            assert!((p - i as f64 / 14.0).abs() < 1e-12, "{i}: {p}");
         }
         // 100 = 6 * 16 + 4: seven super-batches per epoch, the last one partial.
         assert_eq!(summary.superbatches, 14);

@@ -123,10 +123,20 @@ pub struct SelectionStats {
     pub samples_in: u64,
     /// Samples kept.
     pub samples_kept: u64,
-    /// Mean lambda2 over super-batches (0 for policies without a spectrum).
+    /// Super-batches whose spectrum was computed (the saln policy).
+    pub spectra: u64,
+    /// Spectra per solver (`dense`, `lanczos`).
+    pub solvers: std::collections::BTreeMap<String, u64>,
+    /// Spectra with a repeated `lambda2` or no edge: zero scores, kept by position.
+    pub degenerate: u64,
+    /// Spectra where the iterative solver stopped before its tolerance.
+    pub unconverged: u64,
+    /// Mean lambda2 over spectra (0 for policies without a spectrum).
     pub mean_lambda2: f64,
     /// Mean lambda3.
     pub mean_lambda3: f64,
+    /// Mean `lambda3 - lambda2`.
+    pub mean_gap: f64,
     /// Smallest `lambda3 - lambda2` seen (how close the Fiedler vector came to unstable).
     pub min_gap: f64,
     /// Mean milliseconds of selection per super-batch.
@@ -142,6 +152,10 @@ pub struct SelectionStats {
 #[derive(Default)]
 struct Acc {
     n: u64,
+    spectra: u64,
+    solvers: std::collections::BTreeMap<String, u64>,
+    degenerate: u64,
+    unconverged: u64,
     samples_in: u64,
     kept: u64,
     l2: f64,
@@ -164,9 +178,15 @@ impl Acc {
         self.n += 1;
         self.samples_in += n_in as u64;
         self.kept += s.kept.len() as u64;
-        self.l2 += s.lambda2;
-        self.l3 += s.lambda3;
-        self.min_gap = self.min_gap.min(s.lambda3 - s.lambda2);
+        if let Some(solver) = s.solver {
+            self.spectra += 1;
+            *self.solvers.entry(solver.name().to_string()).or_default() += 1;
+            self.degenerate += u64::from(s.degenerate);
+            self.unconverged += u64::from(!s.converged);
+            self.l2 += s.lambda2;
+            self.l3 += s.lambda3;
+            self.min_gap = self.min_gap.min(s.lambda3 - s.lambda2);
+        }
         self.sel_s += s.seconds;
         self.fwd_s += fwd;
         for id in ids {
@@ -177,12 +197,18 @@ impl Acc {
     }
     fn finish(&self) -> SelectionStats {
         let n = self.n.max(1) as f64;
+        let spectra = self.spectra.max(1) as f64;
         SelectionStats {
             superbatches: self.n,
             samples_in: self.samples_in,
             samples_kept: self.kept,
-            mean_lambda2: self.l2 / n,
-            mean_lambda3: self.l3 / n,
+            spectra: self.spectra,
+            solvers: self.solvers.clone(),
+            degenerate: self.degenerate,
+            unconverged: self.unconverged,
+            mean_lambda2: self.l2 / spectra,
+            mean_lambda3: self.l3 / spectra,
+            mean_gap: (self.l3 - self.l2) / spectra,
             min_gap: if self.min_gap.is_finite() {
                 self.min_gap
             } else {
@@ -270,7 +296,7 @@ fn curate(
     };
     let fwd = t.elapsed().as_secs_f64();
     let sel = selector
-        .select(n, features.as_ref(), sb.seq)
+        .select(n, features.as_ref(), sb.seq, sb.progress)
         .map_err(|e| match e {
             // Name the sample by id, not by its position in the super-batch.
             Error::Selection {
@@ -382,6 +408,41 @@ impl ExtractorConfig {
 
 #[cfg(test)]
 mod tests {
+    use crate::select::{Selection, Solver};
+
+    #[test]
+    fn selection_stats_summarise_solvers_gaps_and_degenerate_spectra() {
+        let sel = |solver: Option<Solver>, l2: f64, l3: f64, degenerate: bool| Selection {
+            kept: vec![0, 1],
+            scores: vec![0.0; 4],
+            keep_ratio: 0.5,
+            lambda2: l2,
+            lambda3: l3,
+            solver,
+            degenerate,
+            converged: true,
+            matvecs: 0,
+            seconds: 0.01,
+        };
+        let mut acc = super::Acc::new();
+        acc.add(&sel(Some(Solver::Dense), 1.0, 2.0, false), 4, &[1, 2], 0.1);
+        acc.add(&sel(Some(Solver::Lanczos), 3.0, 3.5, false), 4, &[3, 4], 0.1);
+        acc.add(&sel(Some(Solver::Lanczos), 2.0, 2.0, true), 4, &[5, 6], 0.1);
+        let s = acc.finish();
+        assert_eq!((s.superbatches, s.spectra, s.degenerate, s.unconverged), (3, 3, 1, 0));
+        assert_eq!(s.solvers.get("dense"), Some(&1));
+        assert_eq!(s.solvers.get("lanczos"), Some(&2));
+        assert!((s.mean_lambda2 - 2.0).abs() < 1e-12 && (s.mean_gap - 0.5).abs() < 1e-12);
+        assert_eq!(s.min_gap, 0.0);
+        assert!((s.selection_over_forward - 0.1).abs() < 1e-12);
+        // Policies without a spectrum do not drag the eigenvalue means to 0.
+        let mut acc = super::Acc::new();
+        acc.add(&sel(Some(Solver::Dense), 4.0, 5.0, false), 4, &[1, 2], 0.1);
+        acc.add(&sel(None, 0.0, 0.0, false), 4, &[1, 2], 0.1);
+        let s = acc.finish();
+        assert_eq!((s.spectra, s.mean_lambda2), (1, 4.0));
+    }
+
     #[test]
     fn positions_become_ids() {
         assert_eq!(

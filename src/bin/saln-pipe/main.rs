@@ -15,6 +15,8 @@ use saln::pipeline::{self, Cancel};
 mod progress;
 use saln::report::Status;
 
+mod bench;
+
 #[derive(Parser)]
 #[command(
     name = "saln-pipe",
@@ -52,6 +54,17 @@ enum Command {
         /// The pipeline YAML.
         config: PathBuf,
     },
+    /// Measure a stage on synthetic input and print a table.
+    Bench {
+        #[command(subcommand)]
+        what: BenchWhat,
+    },
+}
+
+#[derive(Subcommand)]
+enum BenchWhat {
+    /// Dense vs iterative Fiedler solver: time, speed-up and agreement per B and d.
+    Selection(bench::SelectionArgs),
 }
 
 fn load(path: &std::path::Path) -> Result<PipelineConfig, ExitCode> {
@@ -143,6 +156,15 @@ async fn run(cfg: PipelineConfig) -> anyhow::Result<ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Bench {
+            what: BenchWhat::Selection(args),
+        } => match bench::selection(&args) {
+            Ok(()) => ExitCode::SUCCESS,
+            Err(e) => {
+                eprintln!("error: {e:#}");
+                ExitCode::from(1)
+            }
+        },
         Command::Validate { config } => {
             let cfg = match load(&config) {
                 Ok(c) => c,
