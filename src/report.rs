@@ -69,6 +69,9 @@ pub struct Report {
     pub selection: SelectionStats,
     /// Wall seconds of the whole run (data loading and model loading included).
     pub wall_seconds: f64,
+    /// What the Parquet export wrote (runs with an `export:` section).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub export: Option<crate::export::ExportSummary>,
 }
 
 impl Report {
@@ -98,6 +101,7 @@ impl Report {
             stages,
             selection,
             wall_seconds,
+            export: None,
         }
     }
 

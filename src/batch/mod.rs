@@ -30,6 +30,9 @@ pub struct SuperBatch {
     pub epoch: usize,
     /// Stable ids of the samples, in super-batch order.
     pub ids: Vec<u64>,
+    /// Their indices in the source (`Source::get(index)`), same order; exports use them
+    /// to name where each sample came from.
+    pub indices: Vec<usize>,
     /// Labels, same order.
     pub labels: Vec<i64>,
     /// Augmented pixels, `[n, C, H, W]` row-major float32.
@@ -125,6 +128,7 @@ fn build(
         seq: job.seq,
         epoch: job.epoch,
         ids: Vec::with_capacity(job.indices.len()),
+        indices: Vec::with_capacity(job.indices.len()),
         labels: Vec::with_capacity(job.indices.len()),
         pixels: Vec::with_capacity(job.indices.len() * per),
         shape: (c, h, w),
@@ -154,6 +158,7 @@ fn build(
         match res {
             Ok((s, img)) => {
                 sb.ids.push(s.id);
+                sb.indices.push(i);
                 sb.labels.push(s.label);
                 sb.pixels.extend_from_slice(&img.data);
             }

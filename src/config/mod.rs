@@ -25,6 +25,7 @@ use crate::error::{ConfigIssue, Error, Result};
 
 pub use crate::augment::AugmentConfig;
 pub use crate::batch::SuperBatchConfig;
+pub use crate::export::ExportConfig;
 pub use crate::extract::pretrain::PretrainConfig;
 pub use crate::extract::ExtractorConfig;
 pub use crate::pipeline::ChannelConfig;
@@ -71,6 +72,9 @@ pub struct PipelineConfig {
     /// Where the JSON report goes.
     #[serde(default)]
     pub report: ReportConfig,
+    /// Parquet export of the curated set (absent: no export).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export: Option<ExportConfig>,
 }
 
 /// Collects configuration problems; each section's `validate` adds to it.
@@ -173,6 +177,9 @@ impl PipelineConfig {
         self.trainer.validate(&mut v);
         self.channels.validate(&mut v);
         self.report.validate(&mut v);
+        if let Some(e) = &self.export {
+            e.validate(&mut v);
+        }
         v.0
     }
 

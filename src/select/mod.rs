@@ -4,6 +4,7 @@
 //! |---|---|
 //! | [`spectral`] | SALN: cosine graph, Laplacian, Fiedler vector |
 //! | [`rules`] | how the Fiedler vector becomes `b` indices |
+//! | [`feedback`] | per-sample learner losses handed back by a training loop |
 //!
 //! Policies ([`Policy`]): `saln` (spectral, label- and learner-free), `uniform` (b of B at
 //! random: the baseline any selection must beat at equal compute) and `none` (everything;
@@ -20,6 +21,7 @@ use tch::Tensor;
 use crate::error::{Error, Result};
 use crate::rng::{self, Rng};
 
+pub mod feedback;
 pub mod rules;
 pub mod spectral;
 

@@ -11,7 +11,7 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use saln::config::PipelineConfig;
 use saln::pipeline::{self, Cancel, Event};
-use saln::report::Status;
+use saln::report::{Report, Status};
 
 #[derive(Parser)]
 #[command(
@@ -44,6 +44,21 @@ enum Command {
         /// Retrain even if the weights file exists.
         #[arg(long)]
         force: bool,
+    },
+    /// Curate without training: select from every super-batch and write the selection as
+    /// Parquet (the config's `export` section; see docs/parquet-schema.md).
+    Curate {
+        /// The pipeline YAML.
+        config: PathBuf,
+        /// Write the Parquet files to this folder (overrides or adds `export.dir`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Replace an earlier export in the folder.
+        #[arg(long)]
+        overwrite: bool,
+        /// Override the report path.
+        #[arg(long)]
+        report: Option<PathBuf>,
     },
     /// Check a pipeline YAML and report every problem.
     Validate {
@@ -95,12 +110,14 @@ fn print_event(e: &Event) {
     }
 }
 
-async fn run(cfg: PipelineConfig) -> anyhow::Result<ExitCode> {
+type Job = fn(&PipelineConfig, Cancel, Option<pipeline::Observer>) -> saln::Result<Report>;
+
+async fn run(cfg: PipelineConfig, job: Job) -> anyhow::Result<ExitCode> {
     let cancel = Cancel::default();
     let observer: pipeline::Observer = Arc::new(print_event);
     let job = {
         let (cfg, cancel) = (cfg.clone(), cancel.clone());
-        tokio::task::spawn_blocking(move || pipeline::run(&cfg, cancel, Some(observer)))
+        tokio::task::spawn_blocking(move || job(&cfg, cancel, Some(observer)))
     };
     let signals = {
         let cancel = cancel.clone();
@@ -141,6 +158,16 @@ async fn run(cfg: PipelineConfig) -> anyhow::Result<ExitCode> {
                     report.selection.samples_kept,
                     report.selection.samples_in,
                     report.selection.ms_per_selection
+                );
+            }
+            if let Some(x) = &report.export {
+                println!(
+                    "export: {} rows ({} kept, {} rejected) in {} files under {}",
+                    x.rows,
+                    x.kept_rows,
+                    x.rejected_rows,
+                    x.files.len(),
+                    x.dir.display()
                 );
             }
             Ok(match report.status {
@@ -241,24 +268,59 @@ fn main() -> ExitCode {
             if let Some(r) = report {
                 cfg.report.path = r;
             }
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the runtime: {e}");
-                    return ExitCode::from(1);
-                }
+            block_on(run(cfg, pipeline::run))
+        }
+        Command::Curate {
+            config,
+            out,
+            overwrite,
+            report,
+        } => {
+            let mut cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
             };
-            match rt.block_on(run(cfg)) {
-                Ok(code) => code,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(1)
+            if let Some(dir) = out {
+                match &mut cfg.export {
+                    Some(e) => e.dir = dir,
+                    None => cfg.export = Some(saln::config::ExportConfig::new(dir)),
                 }
             }
+            if let (true, Some(e)) = (overwrite, &mut cfg.export) {
+                e.overwrite = true;
+            }
+            if let Some(r) = report {
+                cfg.report.path = r;
+            }
+            if cfg.export.is_none() {
+                eprintln!(
+                    "error: {}: curate writes Parquet: add an `export:` section with `dir:` or pass --out DIR",
+                    config.display()
+                );
+                return ExitCode::from(2);
+            }
+            block_on(run(cfg, pipeline::curate))
+        }
+    }
+}
+
+fn block_on(job: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(job) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
         }
     }
 }
