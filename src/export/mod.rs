@@ -357,9 +357,11 @@ impl Exporter {
             None => {
                 let dim = match (self.cfg.include_features, r.feature_dim) {
                     (false, _) => None,
-                    (true, 0) => return Err(self.err(format!(
+                    (true, 0) => {
+                        return Err(self.err(format!(
                         "super-batch {sb}: `include_features` is set but no features were recorded"
-                    ))),
+                    )))
+                    }
                     (true, d) => Some(d),
                 };
                 let s = writer::schema(dim);
@@ -381,7 +383,7 @@ impl Exporter {
         let step = self.step;
         let mut rows = Rows::default();
         let (mut kept, mut rejected) = (0u64, 0u64);
-        for p in 0..n {
+        for (p, &rank_p) in rank.iter().enumerate() {
             if !r.kept[p] && !self.cfg.include_rejected {
                 continue;
             }
@@ -400,7 +402,7 @@ impl Exporter {
             rows.position.push(p as i32);
             rows.superbatch_size.push(n as i32);
             rows.score.push(r.scores[p]);
-            rows.rank.push(rank[p] as i32);
+            rows.rank.push(rank_p as i32);
             rows.kept.push(r.kept[p]);
             rows.policy.push(self.policy_name.clone());
             rows.keep_ratio.push(self.keep_ratio);

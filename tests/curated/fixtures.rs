@@ -18,7 +18,8 @@ pub struct Fixture {
 
 /// Deterministic pixel noise.
 fn noise(i: usize, p: usize) -> u8 {
-    let mut x = (i as u64) * 0x9E37_79B9_7F4A_7C15 ^ (p as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
+    let mut x = (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15)
+        ^ (p as u64).wrapping_mul(0xD1B5_4A32_D192_ED03);
     x ^= x >> 29;
     x = x.wrapping_mul(0xBF58_476D_1CE4_E5B9);
     (x >> 58) as u8 // 0..63
