@@ -108,6 +108,12 @@ pub enum Error {
         #[source]
         source: std::io::Error,
     },
+    /// A training loop handed back losses that cannot be used (wrong count, not finite).
+    #[error("loss feedback: {message}")]
+    Feedback {
+        /// What is wrong (names the sample where one is at fault).
+        message: String,
+    },
     /// The run was cancelled (Ctrl-C, SIGTERM, or the consumer went away).
     #[error("cancelled")]
     Cancelled,

@@ -16,6 +16,8 @@
 //! | [`extract`] | extract | the frozen feature network: reference CNN (pretraining), TorchScript, ResNet |
 //! | [`select`] | select | the spectral selector and the baseline policies |
 //! | [`train`] | train | the learner, trained on curated sub-batches, evaluated per epoch |
+//! | [`export`] | export | the curated set as Parquet files (and reading them back) |
+//! | [`loader`] | embedding | saln as a data loader inside your own training loop |
 //! | [`pipeline`] | wiring | threads, bounded channels, per-stage metrics, cancellation |
 //! | [`report`] | report | the JSON run report |
 //! | [`config`] | config | the pipeline YAML, typed and validated |
@@ -29,7 +31,9 @@ pub mod batch;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod export;
 pub mod extract;
+pub mod loader;
 pub mod model;
 pub mod pipeline;
 pub mod report;

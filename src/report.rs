@@ -71,6 +71,9 @@ pub struct Report {
     pub overlap: Overlap,
     /// Wall seconds of the whole run (data loading and model loading included).
     pub wall_seconds: f64,
+    /// What the Parquet export wrote (runs with an `export:` section).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub export: Option<crate::export::ExportSummary>,
 }
 
 impl Report {
@@ -101,6 +104,7 @@ impl Report {
             selection,
             overlap: Overlap::default(),
             wall_seconds,
+            export: None,
         }
     }
 

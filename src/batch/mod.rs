@@ -33,6 +33,9 @@ pub struct SuperBatch {
     pub progress: f64,
     /// Stable ids of the samples, in super-batch order.
     pub ids: Vec<u64>,
+    /// Their indices in the source (`Source::get(index)`), same order; exports use them
+    /// to name where each sample came from.
+    pub indices: Vec<usize>,
     /// Labels, same order.
     pub labels: Vec<i64>,
     /// Augmented pixels, `[n, C, H, W]` row-major float32.
@@ -130,6 +133,7 @@ fn build(
         epoch: job.epoch,
         progress: job.progress,
         ids: Vec::with_capacity(job.indices.len()),
+        indices: Vec::with_capacity(job.indices.len()),
         labels: Vec::with_capacity(job.indices.len()),
         pixels: Vec::with_capacity(job.indices.len() * per),
         shape: (c, h, w),
@@ -159,6 +163,7 @@ fn build(
         match res {
             Ok((s, img)) => {
                 sb.ids.push(s.id);
+                sb.indices.push(i);
                 sb.labels.push(s.label);
                 sb.pixels.extend_from_slice(&img.data);
             }

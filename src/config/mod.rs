@@ -25,6 +25,7 @@ use crate::error::{ConfigIssue, Error, Result};
 
 pub use crate::augment::AugmentConfig;
 pub use crate::batch::SuperBatchConfig;
+pub use crate::export::ExportConfig;
 pub use crate::extract::pretrain::PretrainConfig;
 pub use crate::extract::ExtractorConfig;
 pub use crate::pipeline::ChannelConfig;
@@ -71,6 +72,9 @@ pub struct PipelineConfig {
     /// Where the JSON report goes.
     #[serde(default)]
     pub report: ReportConfig,
+    /// Parquet export of the curated set (absent: no export).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub export: Option<ExportConfig>,
 }
 
 /// The 1-based line where the dotted `key` (e.g. `selection.keep_ratio`, `augment.ops[2]`)
@@ -227,6 +231,9 @@ impl PipelineConfig {
         self.trainer.validate(&mut v);
         self.channels.validate(&mut v);
         self.report.validate(&mut v);
+        if let Some(e) = &self.export {
+            e.validate(&mut v);
+        }
         v.0
     }
 

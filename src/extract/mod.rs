@@ -112,6 +112,42 @@ pub struct SubBatch {
     pub labels: Tensor,
     /// The selector's score of each kept sample.
     pub scores: Vec<f32>,
+    /// The whole super-batch as the selector saw it; filled only when an export asks for
+    /// it ([`RecordMode`]), `None` otherwise.
+    pub record: Option<SelectionRecord>,
+}
+
+/// What the extract stage keeps of each super-batch for an export
+/// (see [`crate::export`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub enum RecordMode {
+    /// Nothing: sub-batches carry `record: None`.
+    #[default]
+    Off,
+    /// Ids, labels, scores and the kept mask of every sample of the super-batch.
+    Scores,
+    /// As `Scores`, plus every sample's feature vector (computes features even for
+    /// policies that need none).
+    Features,
+}
+
+/// One super-batch as the selector saw it: every sample, kept or not, in super-batch order.
+#[derive(Debug, Clone, PartialEq)]
+pub struct SelectionRecord {
+    /// Source indices of the samples.
+    pub indices: Vec<usize>,
+    /// Stable ids.
+    pub ids: Vec<u64>,
+    /// Labels.
+    pub labels: Vec<i64>,
+    /// The selector's score of each sample ([`Selection::scores`]).
+    pub scores: Vec<f32>,
+    /// Whether each sample reached the trainer.
+    pub kept: Vec<bool>,
+    /// Length of each feature vector (0 when features were not recorded).
+    pub feature_dim: usize,
+    /// Feature vectors, `[n * feature_dim]` row-major float32 (empty when not recorded).
+    pub features: Vec<f32>,
 }
 
 /// Selection figures of a run.
@@ -228,10 +264,12 @@ impl Acc {
 
 /// Runs the extract stage: super-batches in, sub-batches out.
 /// `extractor` may be `None` only for policies that need no features.
+#[allow(clippy::too_many_arguments)]
 pub fn run_extract(
     extractor: Option<Extractor>,
     selector: Selector,
     device: Device,
+    record: RecordMode,
     mut input: tokio::sync::mpsc::Receiver<Msg<SuperBatch>>,
     out: tokio::sync::mpsc::Sender<Msg<SubBatch>>,
     stats: &StageStats,
@@ -259,7 +297,7 @@ pub fn run_extract(
         stats.received();
         let t = Instant::now();
         let n = sb.len();
-        let sub = curate(extractor.as_ref(), &selector, device, sb, &mut acc)?;
+        let sub = curate(extractor.as_ref(), &selector, device, record, sb, &mut acc)?;
         stats.item(n);
         stats.busy(t.elapsed());
         let t = Instant::now();
@@ -275,6 +313,7 @@ fn curate(
     extractor: Option<&Extractor>,
     selector: &Selector,
     device: Device,
+    record: RecordMode,
     sb: SuperBatch,
     acc: &mut Acc,
 ) -> Result<SubBatch> {
@@ -284,12 +323,13 @@ fn curate(
         .f_view([n as i64, c as i64, h as i64, w as i64])?
         .f_to_device(device)?;
     let t = Instant::now();
-    let features = match (selector.config().policy.needs_features(), extractor) {
+    let want_features = selector.config().policy.needs_features() || record == RecordMode::Features;
+    let features = match (want_features, extractor) {
         (true, Some(x)) => Some(x.features(&images)?),
         (true, None) => {
             return Err(Error::Selection {
                 superbatch: sb.seq,
-                message: "policy needs features but no extractor is loaded".into(),
+                message: "features are needed (policy or export) but no extractor is loaded".into(),
             })
         }
         (false, _) => None,
@@ -313,6 +353,33 @@ fn curate(
     let index = Tensor::f_from_slice(&sel.kept.iter().map(|&i| i as i64).collect::<Vec<_>>())?
         .f_to_device(device)?;
     let labels: Vec<i64> = sel.kept.iter().map(|&i| sb.labels[i]).collect();
+    let record = match record {
+        RecordMode::Off => None,
+        mode => {
+            let mut kept = vec![false; n];
+            sel.kept.iter().for_each(|&i| kept[i] = true);
+            let (feature_dim, features) = match (mode, &features) {
+                (RecordMode::Features, Some(f)) => (
+                    f.size().get(1).copied().unwrap_or(0) as usize,
+                    Vec::<f32>::try_from(
+                        f.f_to_kind(Kind::Float)?
+                            .f_to_device(Device::Cpu)?
+                            .f_flatten(0, -1)?,
+                    )?,
+                ),
+                _ => (0, Vec::new()),
+            };
+            Some(SelectionRecord {
+                indices: sb.indices.clone(),
+                ids: sb.ids.clone(),
+                labels: sb.labels.clone(),
+                scores: sel.scores.clone(),
+                kept,
+                feature_dim,
+                features,
+            })
+        }
+    };
     Ok(SubBatch {
         seq: sb.seq,
         epoch: sb.epoch,
@@ -323,6 +390,7 @@ fn curate(
             .f_to_device(device)?,
         scores: sel.kept.iter().map(|&i| sel.scores[i]).collect(),
         ids,
+        record,
     })
 }
 

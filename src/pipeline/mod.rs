@@ -2,7 +2,10 @@
 //!
 //! ```text
 //!  source ──► loader (N decode workers) ──[loader_to_extract]──► extract + select ──[extract_to_train]──► train
+//!                                                                                     └─ with `export:` a tee ─[export.channel]─► export (Parquet)
 //! ```
+//!
+//! [`curate`] runs the same front half with the exporter instead of a trainer.
 //!
 //! Each stage is an OS thread (`saln-loader`, `saln-extract`, `saln-train`); the loader
 //! owns its decode workers. Channels are tokio bounded channels used from threads
@@ -24,13 +27,17 @@ use crate::augment::Augmenter;
 use crate::batch::{run_loader, LoaderPlan, LoaderSummary};
 use crate::config::PipelineConfig;
 use crate::error::{Error, Result};
-use crate::extract::{run_extract, Extractor, SelectionStats, SubBatch};
+use crate::export::{ExportStage, Exporter};
+use crate::extract::{run_extract, Extractor, RecordMode, SelectionStats, SubBatch};
 use crate::report::{DataReport, Report, Status};
+use crate::select::feedback::LossTable;
 use crate::select::{Selector, SelectorConfig};
 use crate::source::{self, DataSet, Split};
 use crate::train::{eval_set, run_train, EpochRecord, Trainer};
 
+pub mod curate;
 pub mod metrics;
+pub use curate::curate;
 pub use metrics::{Overlap, StageSnapshot, StageStats};
 
 /// What flows through a channel: data, or the end of an epoch.
@@ -103,7 +110,7 @@ pub fn set_torch_threads(n: usize) {
     }
 }
 
-fn spawn_stage<T: Send + 'static>(
+pub(crate) fn spawn_stage<T: Send + 'static>(
     name: &'static str,
     cancel: &Cancel,
     f: impl FnOnce() -> Result<T> + Send + 'static,
@@ -128,26 +135,13 @@ fn spawn_stage<T: Send + 'static>(
         .map_err(|e| Error::io("<thread>", e))
 }
 
-fn join<T>(h: JoinHandle<Result<T>>, stage: &'static str) -> Result<T> {
+pub(crate) fn join<T>(h: JoinHandle<Result<T>>, stage: &'static str) -> Result<T> {
     h.join().unwrap_or_else(|p| {
         Err(Error::Panic {
             stage,
             message: panic_message(&p),
         })
     })
-}
-
-fn check_config(cfg: &PipelineConfig) -> Result<()> {
-    let mut issues = cfg.validate();
-    issues.extend(cfg.check_resources());
-    if issues.is_empty() {
-        Ok(())
-    } else {
-        Err(Error::ConfigInvalid {
-            path: "<config>".into(),
-            issues,
-        })
-    }
 }
 
 /// The front half of a pipeline, running: source -> loader -> extract + select. Its
@@ -163,6 +157,9 @@ pub struct Curation {
     pub stats: Vec<Arc<StageStats>>,
     /// The run's cancellation flag.
     pub cancel: Cancel,
+    /// Per-sample learner losses handed back by a training loop (the loader API's
+    /// feedback), for learner-aware policies to read.
+    pub losses: Arc<LossTable>,
     loader: JoinHandle<Result<LoaderSummary>>,
     extract: JoinHandle<Result<SelectionStats>>,
 }
@@ -197,21 +194,23 @@ impl Curation {
     /// Validates `cfg`, opens the data, loads the reference model (when the policy needs
     /// it) and starts the loader and extract stages.
     pub fn start(cfg: &PipelineConfig, cancel: Cancel) -> Result<Curation> {
-        check_config(cfg)?;
+        check_config(cfg, false)?;
         let data = Arc::new(source::open(&cfg.source)?);
         Self::start_with(cfg, data, cancel)
     }
 
-    /// Like [`Curation::start`], on a data set the caller opened or built (in-memory data,
-    /// a custom [`source::Source`]); `cfg.source` then only supplies the split settings.
+    /// As [`Curation::start`], on a data set opened by the caller (for example a
+    /// [`crate::source::MemorySource`]); `cfg.source` then only gives the split
+    /// (`holdout`, `limit`) and the bad-sample policy, and needs no format block.
     pub fn start_with(
         cfg: &PipelineConfig,
         data: Arc<DataSet>,
         cancel: Cancel,
     ) -> Result<Curation> {
-        check_config(cfg)?;
+        check_config(cfg, true)?;
         set_torch_threads(cfg.torch_threads);
         let device = cfg.device();
+        let record = crate::export::record_mode(cfg);
         let split = Split::new(
             data.train.len(),
             cfg.source.holdout,
@@ -222,11 +221,12 @@ impl Curation {
         let classes = data.train.num_classes();
         let augmenter = Arc::new(Augmenter::new(cfg.augment.ops.clone()));
         let selector = Selector::new(SelectorConfig::from_config(cfg));
-        let extractor = if selector.config().policy.needs_features() {
-            Some(Extractor::build(cfg, shape, classes)?)
-        } else {
-            None
-        };
+        let extractor =
+            if selector.config().policy.needs_features() || record == RecordMode::Features {
+                Some(Extractor::build(cfg, shape, classes)?)
+            } else {
+                None
+            };
         let stats = vec![
             Arc::new(StageStats::with_threads("loader", cfg.augment.workers)),
             Arc::new(StageStats::new("extract")),
@@ -257,7 +257,7 @@ impl Curation {
         let extract = {
             let (st, c) = (stats[1].clone(), cancel.clone());
             spawn_stage("extract", &cancel, move || {
-                run_extract(extractor, selector, device, sb_rx, sub_tx, &st, &c)
+                run_extract(extractor, selector, device, record, sb_rx, sub_tx, &st, &c)
             })?
         };
         Ok(Curation {
@@ -272,6 +272,7 @@ impl Curation {
             },
             stats,
             cancel,
+            losses: Arc::new(LossTable::default()),
             loader,
             extract,
         })
@@ -285,6 +286,7 @@ impl Curation {
                 info: self.info,
                 stats: self.stats,
                 cancel: self.cancel,
+                losses: self.losses,
                 loader: self.loader,
                 extract: self.extract,
             },
@@ -300,8 +302,28 @@ pub struct CurationHandle {
     pub stats: Vec<Arc<StageStats>>,
     /// The run's cancellation flag.
     pub cancel: Cancel,
+    /// Learner losses handed back by a training loop ([`Curation::losses`]).
+    pub losses: Arc<LossTable>,
     loader: JoinHandle<Result<LoaderSummary>>,
     extract: JoinHandle<Result<SelectionStats>>,
+}
+
+/// Validates `cfg` and the machine it needs; with `data_given` the data set comes from the
+/// caller, so a missing `source` format block is not a problem.
+pub(crate) fn check_config(cfg: &PipelineConfig, data_given: bool) -> Result<()> {
+    let mut issues = cfg.validate();
+    issues.extend(cfg.check_resources());
+    if data_given {
+        issues.retain(|i| i.key != "source");
+    }
+    if issues.is_empty() {
+        Ok(())
+    } else {
+        Err(Error::ConfigInvalid {
+            path: "<config>".into(),
+            issues,
+        })
+    }
 }
 
 impl CurationHandle {
@@ -327,7 +349,7 @@ impl CurationHandle {
 /// Returns `Err` when a stage failed (the report, with `status: failed`, is written first);
 /// a cancelled run returns `Ok` with `status: cancelled` and the epochs that completed.
 pub fn run(cfg: &PipelineConfig, cancel: Cancel, observer: Option<Observer>) -> Result<Report> {
-    check_config(cfg)?;
+    check_config(cfg, false)?;
     let data = Arc::new(source::open(&cfg.source)?);
     run_with(cfg, data, cancel, observer)
 }
@@ -340,6 +362,9 @@ pub fn run_with(
     observer: Option<Observer>,
 ) -> Result<Report> {
     let start = Instant::now();
+    if let Some(e) = &cfg.export {
+        crate::export::prepare(e)?;
+    }
     let curation = Curation::start_with(cfg, data, cancel.clone())?;
     let (sub_rx, handle) = curation.into_parts();
     let info = handle.info.clone();
@@ -355,6 +380,15 @@ pub fn run_with(
         info.split.learner.len().div_ceil(cfg.superbatch.size)
     };
     let total_steps = (per_epoch * cfg.trainer.epochs) as u64;
+    let export = |sub_rx: tokio::sync::mpsc::Receiver<Msg<SubBatch>>| -> Result<_> {
+        let Some(e) = &cfg.export else {
+            return Ok((sub_rx, None));
+        };
+        let exporter = Exporter::new(e, cfg, info.data.train.clone())?;
+        let mut stage = ExportStage::spawn(exporter, e.channel, &cancel)?;
+        let rx = stage.tee(sub_rx, cfg.channels.extract_to_train, &cancel)?;
+        Ok((rx, Some(stage)))
+    };
     let trainer = test.and_then(|test| {
         Trainer::new(
             &cfg.trainer,
@@ -366,11 +400,11 @@ pub fn run_with(
             total_steps,
         )
     });
-    let mut trainer = match trainer {
+    let started = trainer.and_then(|t| Ok((t, export(sub_rx)?)));
+    let (mut trainer, (sub_rx, export)) = match started {
         Ok(t) => t,
         Err(e) => {
             cancel.cancel();
-            drop(sub_rx);
             let _ = handle.finish();
             return Err(e);
         }
@@ -387,6 +421,7 @@ pub fn run_with(
     let train_stats = Arc::new(StageStats::new("train"));
     let mut stats = handle.stats.clone();
     stats.push(train_stats.clone());
+    stats.extend(export.as_ref().map(|x| x.stats.clone()));
     let train = {
         let (st, c, obs) = (train_stats, cancel.clone(), observer.clone());
         spawn_stage("train", &cancel, move || {
@@ -420,6 +455,12 @@ pub fn run_with(
     let trained = join(train, "train");
     let (summary, mut error) = handle.finish();
     let streaming_seconds = stream_start.elapsed().as_secs_f64();
+    let exported = export.map(|x| {
+        x.finish().unwrap_or_else(|e| {
+            error.get_or_insert(e);
+            Default::default()
+        })
+    });
     finished.store(true, Ordering::SeqCst);
     if let Some(t) = ticker {
         let _ = t.join();
@@ -437,7 +478,7 @@ pub fn run_with(
         (None, true) => Status::Cancelled,
         (None, false) => Status::Completed,
     };
-    let report = Report::new(
+    let mut report = Report::new(
         cfg,
         crate::device::name(info.device),
         status,
@@ -454,8 +495,8 @@ pub fn run_with(
         summary.selection,
         start.elapsed().as_secs_f64(),
     );
-    let mut report = report;
     report.overlap = Overlap::from_stages(&report.stages, streaming_seconds);
+    report.export = exported;
     report.write(&cfg.report.path)?;
     match error {
         Some(e) => Err(e),

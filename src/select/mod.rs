@@ -7,6 +7,7 @@
 //! | [`rules`] | how the Fiedler vector becomes `b` indices |
 //! | [`schedule`] | the keep ratio over training (constant, linear, cosine, step) |
 //! | [`bench`] | `saln-pipe bench selection`: dense vs iterative, time and agreement |
+//! | [`feedback`] | per-sample learner losses handed back by a training loop |
 //!
 //! Policies ([`Policy`]): `saln` (spectral, label- and learner-free), `uniform` (b of B at
 //! random: the baseline any selection must beat at equal compute) and `none` (everything;
@@ -27,6 +28,7 @@ use crate::rng::{self, Rng};
 
 pub mod bench;
 pub mod lanczos;
+pub mod feedback;
 pub mod rules;
 pub mod schedule;
 pub mod spectral;

@@ -7,6 +7,7 @@
 //! | file | format |
 //! |---|---|
 //! | [`idx`] | MNIST-family IDX files, gzipped or not |
+//! | [`selection`] | a curated set read back from a Parquet export (wraps the format above) |
 use crate::config::Issues;
 use serde::{Deserialize, Serialize};
 use std::sync::Arc;
@@ -15,6 +16,7 @@ use crate::error::{Error, Result};
 use crate::rng::{self, Rng};
 
 pub mod idx;
+pub mod selection;
 
 /// An image as stored: `u8` pixels in CHW order (`channels x height x width`).
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -121,7 +123,12 @@ impl std::fmt::Debug for DataSet {
 }
 
 /// Opens the data set a config names. Missing or malformed files are errors naming the file.
+/// With `selection`, the training split is narrowed to the samples an export selected.
 pub fn open(cfg: &SourceConfig) -> Result<DataSet> {
+    selection::apply(cfg.selection.as_ref(), open_format(cfg)?)
+}
+
+fn open_format(cfg: &SourceConfig) -> Result<DataSet> {
     match &cfg.idx {
         Some(idx) => {
             let (train, test) = idx::open_pair(idx)?;
@@ -188,6 +195,10 @@ pub struct SourceConfig {
     /// MNIST-family IDX files (gzipped or not).
     #[serde(default)]
     pub idx: Option<idx::IdxConfig>,
+    /// Train only on the samples a Parquet export selected, served from the data set above
+    /// (see `docs/parquet-schema.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub selection: Option<selection::SelectionSourceConfig>,
     /// Training samples held out for the reference model (never seen by the learner).
     #[serde(default = "d_holdout")]
     pub holdout: usize,
@@ -224,6 +235,9 @@ impl SourceConfig {
         v.check(self.idx.is_some(), "source", || {
             "no data set given: add an `idx:` block with `dir:`".into()
         });
+        if let Some(s) = &self.selection {
+            s.validate(v);
+        }
     }
 }
 

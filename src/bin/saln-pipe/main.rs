@@ -11,9 +11,9 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 use saln::config::PipelineConfig;
 use saln::pipeline::{self, Cancel};
+use saln::report::{Report, Status};
 
 mod progress;
-use saln::report::Status;
 
 mod bench;
 
@@ -49,6 +49,21 @@ enum Command {
         #[arg(long)]
         force: bool,
     },
+    /// Curate without training: select from every super-batch and write the selection as
+    /// Parquet (the config's `export` section; see docs/parquet-schema.md).
+    Curate {
+        /// The pipeline YAML.
+        config: PathBuf,
+        /// Write the Parquet files to this folder (overrides or adds `export.dir`).
+        #[arg(long)]
+        out: Option<PathBuf>,
+        /// Replace an earlier export in the folder.
+        #[arg(long)]
+        overwrite: bool,
+        /// Override the report path.
+        #[arg(long)]
+        report: Option<PathBuf>,
+    },
     /// Check a pipeline YAML and report every problem.
     Validate {
         /// The pipeline YAML.
@@ -74,7 +89,9 @@ fn load(path: &std::path::Path) -> Result<PipelineConfig, ExitCode> {
     })
 }
 
-async fn run(cfg: PipelineConfig) -> anyhow::Result<ExitCode> {
+type Job = fn(&PipelineConfig, Cancel, Option<pipeline::Observer>) -> saln::Result<Report>;
+
+async fn run(cfg: PipelineConfig, job: Job) -> anyhow::Result<ExitCode> {
     let cancel = Cancel::default();
     let display = Arc::new(progress::Display::new());
     let observer: pipeline::Observer = {
@@ -83,7 +100,7 @@ async fn run(cfg: PipelineConfig) -> anyhow::Result<ExitCode> {
     };
     let job = {
         let (cfg, cancel) = (cfg.clone(), cancel.clone());
-        tokio::task::spawn_blocking(move || pipeline::run(&cfg, cancel, Some(observer)))
+        tokio::task::spawn_blocking(move || job(&cfg, cancel, Some(observer)))
     };
     let signals = {
         let cancel = cancel.clone();
@@ -133,6 +150,16 @@ async fn run(cfg: PipelineConfig) -> anyhow::Result<ExitCode> {
                 "saln: {:.0} samples/s end to end; slowest stage {} alone {:.0}/s; overlap {:.2}",
                 o.end_to_end_rate, o.slowest_stage, o.slowest_standalone_rate, o.overlap
             );
+            if let Some(x) = &report.export {
+                println!(
+                    "export: {} rows ({} kept, {} rejected) in {} files under {}",
+                    x.rows,
+                    x.kept_rows,
+                    x.rejected_rows,
+                    x.files.len(),
+                    x.dir.display()
+                );
+            }
             Ok(match report.status {
                 Status::Completed => ExitCode::SUCCESS,
                 Status::Cancelled => ExitCode::from(130),
@@ -244,24 +271,59 @@ fn main() -> ExitCode {
             if let Some(r) = report {
                 cfg.report.path = r;
             }
-            let rt = match tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(1)
-                .enable_all()
-                .build()
-            {
-                Ok(rt) => rt,
-                Err(e) => {
-                    eprintln!("error: cannot start the runtime: {e}");
-                    return ExitCode::from(1);
-                }
+            block_on(run(cfg, pipeline::run))
+        }
+        Command::Curate {
+            config,
+            out,
+            overwrite,
+            report,
+        } => {
+            let mut cfg = match load(&config) {
+                Ok(c) => c,
+                Err(code) => return code,
             };
-            match rt.block_on(run(cfg)) {
-                Ok(code) => code,
-                Err(e) => {
-                    eprintln!("error: {e:#}");
-                    ExitCode::from(1)
+            if let Some(dir) = out {
+                match &mut cfg.export {
+                    Some(e) => e.dir = dir,
+                    None => cfg.export = Some(saln::config::ExportConfig::new(dir)),
                 }
             }
+            if let (true, Some(e)) = (overwrite, &mut cfg.export) {
+                e.overwrite = true;
+            }
+            if let Some(r) = report {
+                cfg.report.path = r;
+            }
+            if cfg.export.is_none() {
+                eprintln!(
+                    "error: {}: curate writes Parquet: add an `export:` section with `dir:` or pass --out DIR",
+                    config.display()
+                );
+                return ExitCode::from(2);
+            }
+            block_on(run(cfg, pipeline::curate))
+        }
+    }
+}
+
+fn block_on(job: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => {
+            eprintln!("error: cannot start the runtime: {e}");
+            return ExitCode::from(1);
+        }
+    };
+    match rt.block_on(job) {
+        Ok(code) => code,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            ExitCode::from(1)
         }
     }
 }
