@@ -1,3 +1,4 @@
 pub mod cli;
 pub mod common;
+pub mod docs;
 pub mod pipeline;
