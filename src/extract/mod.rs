@@ -494,10 +494,18 @@ mod tests {
         };
         let mut acc = super::Acc::new();
         acc.add(&sel(Some(Solver::Dense), 1.0, 2.0, false), 4, &[1, 2], 0.1);
-        acc.add(&sel(Some(Solver::Lanczos), 3.0, 3.5, false), 4, &[3, 4], 0.1);
+        acc.add(
+            &sel(Some(Solver::Lanczos), 3.0, 3.5, false),
+            4,
+            &[3, 4],
+            0.1,
+        );
         acc.add(&sel(Some(Solver::Lanczos), 2.0, 2.0, true), 4, &[5, 6], 0.1);
         let s = acc.finish();
-        assert_eq!((s.superbatches, s.spectra, s.degenerate, s.unconverged), (3, 3, 1, 0));
+        assert_eq!(
+            (s.superbatches, s.spectra, s.degenerate, s.unconverged),
+            (3, 3, 1, 0)
+        );
         assert_eq!(s.solvers.get("dense"), Some(&1));
         assert_eq!(s.solvers.get("lanczos"), Some(&2));
         assert!((s.mean_lambda2 - 2.0).abs() < 1e-12 && (s.mean_gap - 0.5).abs() < 1e-12);

@@ -240,15 +240,23 @@ fn weights_name(w: WeightMapping) -> &'static str {
 pub fn header() -> String {
     format!(
         "{:>6} {:>5} {:>6} {:>11} {:>11} {:>8} {:>8} {:>9} {:>10} {:>10}",
-        "B", "d", "w", "dense ms", "lanczos ms", "speedup", "matvecs", "gap/c", "|<v,v*>|", "eig relerr"
+        "B",
+        "d",
+        "w",
+        "dense ms",
+        "lanczos ms",
+        "speedup",
+        "matvecs",
+        "gap/c",
+        "|<v,v*>|",
+        "eig relerr"
     )
 }
 
 /// One line of the table (`-` where a cell was skipped).
 pub fn format_row(r: &BenchRow) -> String {
-    let opt = |x: Option<f64>, prec: usize| {
-        x.map_or_else(|| "-".to_string(), |v| format!("{v:.prec$}"))
-    };
+    let opt =
+        |x: Option<f64>, prec: usize| x.map_or_else(|| "-".to_string(), |v| format!("{v:.prec$}"));
     let sci = |x: Option<f64>| x.map_or_else(|| "-".to_string(), |v| format!("{v:.1e}"));
     format!(
         "{:>6} {:>5} {:>6} {:>11} {:>11} {:>8} {:>8} {:>9.1e} {:>10} {:>10}{}",
@@ -257,7 +265,8 @@ pub fn format_row(r: &BenchRow) -> String {
         weights_name(r.weights),
         opt(r.dense_ms, 1),
         opt(r.lanczos_ms, 1),
-        r.speedup().map_or_else(|| "-".into(), |s| format!("{s:.1}x")),
+        r.speedup()
+            .map_or_else(|| "-".into(), |s| format!("{s:.1}x")),
         r.matvecs,
         r.gap,
         opt(r.dot, 6),

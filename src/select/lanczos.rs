@@ -151,7 +151,8 @@ fn orthonormal_block(
     let Pending { x, before, after } = pending;
     let n = x.size()[0] as usize;
     let kept = |j: usize| (after[j] / before[j]).sqrt();
-    let clear = (0..before.len()).all(|j| before[j] > 0.0 && kept(j) > CLEAR && kept(j).is_finite());
+    let clear =
+        (0..before.len()).all(|j| before[j] > 0.0 && kept(j) > CLEAR && kept(j).is_finite());
     if before.len() == want && clear {
         let (q, _) = Tensor::f_linalg_qr(&x, "reduced")?;
         let (q, _) = Tensor::f_linalg_qr(&project_out(&q, &[basis], 1)?, "reduced")?;
@@ -258,7 +259,12 @@ pub fn lowest_pair(
     let mut matvecs = 0usize;
     loop {
         let want = p.min(m_max - m);
-        let q = orthonormal_block(pending, &store.f_narrow(0, 0, (nz + m) as i64)?, want, &mut rng)?;
+        let q = orthonormal_block(
+            pending,
+            &store.f_narrow(0, 0, (nz + m) as i64)?,
+            want,
+            &mut rng,
+        )?;
         let k = q.size()[1] as usize;
         if k == 0 {
             // No direction left: the basis spans the whole space and the pairs are exact.
@@ -276,7 +282,9 @@ pub fn lowest_pair(
         }
         let wq = apply(&q)?;
         matvecs += k;
-        store.f_narrow(0, (nz + m) as i64, k as i64)?.f_copy_(&q.f_tr()?)?;
+        store
+            .f_narrow(0, (nz + m) as i64, k as i64)?
+            .f_copy_(&q.f_tr()?)?;
         wt.f_narrow(0, m as i64, k as i64)?.f_copy_(&wq.f_tr()?)?;
         m += k;
         // One projection of L Q against [z; V]: its coefficients are H's new columns, the
@@ -389,7 +397,9 @@ mod tests {
     #[test]
     fn finds_the_two_smallest_of_a_diagonal_operator() {
         let n = 200;
-        let diag: Vec<f64> = (0..n).map(|i| if i == 0 { 0.0 } else { 1.0 + i as f64 }).collect();
+        let diag: Vec<f64> = (0..n)
+            .map(|i| if i == 0 { 0.0 } else { 1.0 + i as f64 })
+            .collect();
         let d = Tensor::from_slice(&diag).unsqueeze(1);
         let mut apply = |x: &Tensor| x.f_mul(&d);
         let mut e0 = vec![0.0; n];

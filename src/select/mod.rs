@@ -27,8 +27,8 @@ use crate::error::{Error, Result};
 use crate::rng::{self, Rng};
 
 pub mod bench;
-pub mod lanczos;
 pub mod feedback;
+pub mod lanczos;
 pub mod rules;
 pub mod schedule;
 pub mod spectral;
@@ -205,10 +205,12 @@ impl Selector {
                     message: "the saln policy needs features".into(),
                 })?;
                 let stream = Rng::derive(self.cfg.seed, &[rng::SELECT, superbatch, 1]);
-                let spec = spectral::fiedler(features, &self.cfg.spectral, stream)
-                    .map_err(|e| Error::Selection {
-                        superbatch,
-                        message: e,
+                let spec =
+                    spectral::fiedler(features, &self.cfg.spectral, stream).map_err(|e| {
+                        Error::Selection {
+                            superbatch,
+                            message: e,
+                        }
                     })?;
                 Selection {
                     kept: rules::apply(self.cfg.rule, &spec.vector, b),
@@ -310,7 +312,12 @@ mod tests {
         s
     }
 
-    const RULES: [Rule; 4] = [Rule::Extremes, Rule::Boundary, Rule::Balanced, Rule::Quantile];
+    const RULES: [Rule; 4] = [
+        Rule::Extremes,
+        Rule::Boundary,
+        Rule::Balanced,
+        Rule::Quantile,
+    ];
 
     #[test]
     fn none_keeps_everything() {
@@ -344,7 +351,10 @@ mod tests {
                 .select(200, Some(&f), 4, 0.0)
                 .unwrap_err()
                 .to_string();
-            assert!(e.contains("super-batch 4") && e.contains("sample 17 is all zeros"), "{e}");
+            assert!(
+                e.contains("super-batch 4") && e.contains("sample 17 is all zeros"),
+                "{e}"
+            );
         }
     }
 
@@ -353,7 +363,9 @@ mod tests {
         let f = clustered_features(150, 12, 3, 2, tch::Device::Cpu).unwrap();
         for rule in RULES {
             for (rho, b) in [(0.25, 38), (0.5, 75), (1.0, 150)] {
-                let s = saln(rule, rho, Solver::Auto).select(150, Some(&f), 0, 0.3).unwrap();
+                let s = saln(rule, rho, Solver::Auto)
+                    .select(150, Some(&f), 0, 0.3)
+                    .unwrap();
                 assert_eq!(s.kept.len(), b, "{rule:?} {rho}");
                 assert!(s.kept.windows(2).all(|w| w[0] < w[1]));
                 assert_eq!(s.solver, Some(Solver::Lanczos));
@@ -376,7 +388,10 @@ mod tests {
                 let s = saln(rule, 0.25, solver);
                 let a = s.select(n, Some(&f), 0, 0.0).unwrap();
                 let b = s.select(n, Some(&g), 0, 0.0).unwrap();
-                assert!(a.lambda3 - a.lambda2 > 1e-3 * a.lambda3, "the gap is not tiny");
+                assert!(
+                    a.lambda3 - a.lambda2 > 1e-3 * a.lambda3,
+                    "the gap is not tiny"
+                );
                 let mut mapped: Vec<usize> = b.kept.iter().map(|&i| perm[i]).collect();
                 mapped.sort_unstable();
                 assert_eq!(mapped, a.kept, "{solver:?} {rule:?}");
@@ -403,11 +418,15 @@ mod tests {
     fn a_degenerate_superbatch_keeps_by_position() {
         let row = Tensor::from_slice(&[0.5f32, 1.0, -0.2]).view([1, 3]);
         let f = row.repeat([20, 1]);
-        let s = saln(Rule::Extremes, 0.25, Solver::Auto).select(20, Some(&f), 0, 0.0).unwrap();
+        let s = saln(Rule::Extremes, 0.25, Solver::Auto)
+            .select(20, Some(&f), 0, 0.0)
+            .unwrap();
         assert!(s.degenerate);
         assert_eq!(s.kept, vec![0, 1, 2, 3, 4]);
         assert!(s.scores.iter().all(|&x| x == 0.0));
-        let s = saln(Rule::Quantile, 0.25, Solver::Auto).select(20, Some(&f), 0, 0.0).unwrap();
+        let s = saln(Rule::Quantile, 0.25, Solver::Auto)
+            .select(20, Some(&f), 0, 0.0)
+            .unwrap();
         assert_eq!(s.kept, vec![2, 6, 10, 14, 18]);
     }
 
@@ -439,7 +458,13 @@ mod tests {
         )
         .unwrap();
         let s = SelectorConfig::from_config(&cfg);
-        assert_eq!(s.schedule, Schedule::Step { start: 1.0, steps: 3 });
+        assert_eq!(
+            s.schedule,
+            Schedule::Step {
+                start: 1.0,
+                steps: 3
+            }
+        );
         assert_eq!(s.spectral.weights, WeightMapping::Knn);
         assert_eq!(s.spectral.knn_k, 7);
         assert_eq!(s.spectral.laplacian, LaplacianKind::Symmetric);
@@ -447,8 +472,14 @@ mod tests {
         assert_eq!(s.rule, Rule::Balanced);
         for (yaml, want) in [
             ("{ kind: constant }", Schedule::Constant),
-            ("{ kind: linear, start: 0.9 }", Schedule::Linear { start: 0.9 }),
-            ("{ kind: cosine, start: 0.8 }", Schedule::Cosine { start: 0.8 }),
+            (
+                "{ kind: linear, start: 0.9 }",
+                Schedule::Linear { start: 0.9 },
+            ),
+            (
+                "{ kind: cosine, start: 0.8 }",
+                Schedule::Cosine { start: 0.8 },
+            ),
         ] {
             let cfg = parse(&format!("{{ schedule: {yaml} }}")).unwrap();
             assert_eq!(cfg.selection.schedule, want);
@@ -456,7 +487,14 @@ mod tests {
         // Defaults: constant schedule, clip, the paper's Laplacian, auto solver.
         let d = parse("{}").unwrap().selection;
         assert_eq!(d.schedule, Schedule::Constant);
-        assert_eq!((d.weights, d.laplacian, d.solver), (WeightMapping::Clip, LaplacianKind::Unnormalized, Solver::Auto));
+        assert_eq!(
+            (d.weights, d.laplacian, d.solver),
+            (
+                WeightMapping::Clip,
+                LaplacianKind::Unnormalized,
+                Solver::Auto
+            )
+        );
     }
 
     #[test]
@@ -467,8 +505,13 @@ mod tests {
         assert!(e.to_string().contains("sawtooth"), "{e}");
         let e = parse("{ solver: magic }").unwrap_err();
         assert!(e.to_string().contains("magic"), "{e}");
-        let e = parse("{ knn_k: 0, schedule: { kind: cosine, start: 0 } }").unwrap_err().to_string();
-        assert!(e.contains("selection.knn_k") && e.contains("selection.schedule.start"), "{e}");
+        let e = parse("{ knn_k: 0, schedule: { kind: cosine, start: 0 } }")
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("selection.knn_k") && e.contains("selection.schedule.start"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -476,7 +519,10 @@ mod tests {
         // Isotropic noise has small gaps: 8 basis vectors cannot reach the tolerance.
         let f = clustered_features(200, 40, 1, 3, tch::Device::Cpu).unwrap();
         let f = f.f_sub(&f.mean_dim(0, true, tch::Kind::Float)).unwrap();
-        for (solver, want) in [(Solver::Auto, Solver::Dense), (Solver::Lanczos, Solver::Lanczos)] {
+        for (solver, want) in [
+            (Solver::Auto, Solver::Dense),
+            (Solver::Lanczos, Solver::Lanczos),
+        ] {
             let mut s = saln(Rule::Quantile, 0.25, solver);
             s.cfg.spectral.lanczos.max_basis = 8;
             let r = s.select(200, Some(&f), 0, 0.0).unwrap();

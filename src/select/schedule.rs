@@ -161,6 +161,9 @@ mod tests {
         }
         .validate(&mut v);
         let keys: Vec<&str> = v.0.iter().map(|i| i.key.as_str()).collect();
-        assert_eq!(keys, vec!["selection.schedule.start", "selection.schedule.steps"]);
+        assert_eq!(
+            keys,
+            vec!["selection.schedule.start", "selection.schedule.steps"]
+        );
     }
 }

@@ -296,7 +296,9 @@ fn laplacian_parts(
         LaplacianKind::Unnormalized => (s, deg.f_unsqueeze(1)?),
         LaplacianKind::Symmetric => {
             let (dinv, mask) = inv_sqrt_degrees(&deg)?;
-            let _ = s.f_mul_(&dinv.f_unsqueeze(1)?)?.f_mul_(&dinv.f_unsqueeze(0)?)?;
+            let _ = s
+                .f_mul_(&dinv.f_unsqueeze(1)?)?
+                .f_mul_(&dinv.f_unsqueeze(0)?)?;
             (s, mask.f_unsqueeze(1)?)
         }
     };
@@ -585,8 +587,8 @@ pub fn fiedler(features: &Tensor, cfg: &SpectralConfig, rng: Rng) -> Result<Spec
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::select::bench::clustered_features;
     use crate::rng::Rng;
+    use crate::select::bench::clustered_features;
     use proptest::prelude::*;
 
     fn feats(rows: &[&[f32]]) -> Tensor {
@@ -652,9 +654,20 @@ mod tests {
             let s = run(&f, &c);
             assert!(!s.degenerate, "{c:?}");
             let first = s.vector[0] > 0.0;
-            assert!(s.vector[..3].iter().all(|&x| (x > 0.0) == first), "{c:?}: {:?}", s.vector);
-            assert!(s.vector[3..].iter().all(|&x| (x > 0.0) != first), "{c:?}: {:?}", s.vector);
-            assert!(s.lambda2 >= -1e-9 && s.lambda3 >= s.lambda2 - 1e-9, "{c:?}: {s:?}");
+            assert!(
+                s.vector[..3].iter().all(|&x| (x > 0.0) == first),
+                "{c:?}: {:?}",
+                s.vector
+            );
+            assert!(
+                s.vector[3..].iter().all(|&x| (x > 0.0) != first),
+                "{c:?}: {:?}",
+                s.vector
+            );
+            assert!(
+                s.lambda2 >= -1e-9 && s.lambda3 >= s.lambda2 - 1e-9,
+                "{c:?}: {s:?}"
+            );
         }
     }
 
@@ -717,7 +730,10 @@ mod tests {
             assert!(!two.degenerate, "{c:?}");
             assert_eq!(two.lambda2, two.lambda3);
             let h = std::f64::consts::FRAC_1_SQRT_2;
-            assert!((two.vector[0] - h).abs() < 1e-9 && (two.vector[1] + h).abs() < 1e-9, "{c:?}: {two:?}");
+            assert!(
+                (two.vector[0] - h).abs() < 1e-9 && (two.vector[1] + h).abs() < 1e-9,
+                "{c:?}: {two:?}"
+            );
         }
     }
 
@@ -729,7 +745,10 @@ mod tests {
             let s = run(&f, &c);
             assert!(s.degenerate, "{c:?}: {s:?}");
             assert!(s.vector.iter().all(|&x| x == 0.0));
-            assert!((s.lambda3 - s.lambda2).abs() <= 1e-6 * s.scale, "{c:?}: {s:?}");
+            assert!(
+                (s.lambda3 - s.lambda2).abs() <= 1e-6 * s.scale,
+                "{c:?}: {s:?}"
+            );
             assert!(s.lambda2 > 0.0, "a complete graph is connected: {s:?}");
         }
     }
@@ -757,7 +776,10 @@ mod tests {
                 assert!(r.vector[..3].iter().all(|&x| (x > 0.0) == side), "{r:?}");
                 assert!(r.vector[3..].iter().all(|&x| (x > 0.0) != side), "{r:?}");
                 let r = run(&three, &c);
-                assert!(r.degenerate && r.lambda2.abs() < 1e-9 && r.lambda3.abs() < 1e-6, "{c:?}: {r:?}");
+                assert!(
+                    r.degenerate && r.lambda2.abs() < 1e-9 && r.lambda3.abs() < 1e-6,
+                    "{c:?}: {r:?}"
+                );
                 let r = run(&none, &c);
                 assert!(r.degenerate && r.vector == vec![0.0; 3], "{c:?}: {r:?}");
                 let r = run(&isolated, &c);
@@ -771,7 +793,9 @@ mod tests {
     #[test]
     fn knn_matches_a_direct_construction() {
         // float64 features: every cosine exact, so the comparison can be tight.
-        let f = clustered_features(40, 6, 3, 9, tch::Device::Cpu).unwrap().to_kind(Kind::Double);
+        let f = clustered_features(40, 6, 3, 9, tch::Device::Cpu)
+            .unwrap()
+            .to_kind(Kind::Double);
         let u = normalized_rows(&f).unwrap();
         let n = 40;
         let uv = as_vec(&u);
@@ -796,7 +820,9 @@ mod tests {
         }
         // k >= n - 1 is the clip graph.
         let clip = similarity(&u, WeightMapping::Clip, 0).unwrap();
-        assert!(similarity(&u, WeightMapping::Knn, 39).unwrap().allclose(&clip, 0.0, 1e-12, false));
+        assert!(similarity(&u, WeightMapping::Knn, 39)
+            .unwrap()
+            .allclose(&clip, 0.0, 1e-12, false));
     }
 
     #[test]
@@ -813,7 +839,9 @@ mod tests {
         let s = similarity(&u, WeightMapping::Clip, 0).unwrap();
         let sv = as_vec(&s);
         let n = 5;
-        let deg: Vec<f64> = (0..n).map(|i| (0..n).map(|j| sv[i * n + j]).sum()).collect();
+        let deg: Vec<f64> = (0..n)
+            .map(|i| (0..n).map(|j| sv[i * n + j]).sum())
+            .collect();
         assert_eq!(deg[4], 0.0);
         let l = as_vec(&normalized_laplacian(&s).unwrap());
         for i in 0..n {
@@ -823,7 +851,11 @@ mod tests {
                 } else {
                     f64::from(u8::from(i == j)) - sv[i * n + j] / (deg[i] * deg[j]).sqrt()
                 };
-                assert!((l[i * n + j] - want).abs() < 1e-12, "({i},{j}): {} vs {want}", l[i * n + j]);
+                assert!(
+                    (l[i * n + j] - want).abs() < 1e-12,
+                    "({i},{j}): {} vs {want}",
+                    l[i * n + j]
+                );
             }
         }
         // D^1/2 1 is in its null space.
@@ -850,7 +882,10 @@ mod tests {
                 let mat = laplacian_matrix(&u, &c).unwrap();
                 let want = mat.matmul(&x);
                 let got = free.apply(&x).unwrap();
-                assert!(got.allclose(&want, tol, tol * 50.0, false), "{kind:?} {l:?}");
+                assert!(
+                    got.allclose(&want, tol, tol * 50.0, false),
+                    "{kind:?} {l:?}"
+                );
             }
         }
     }
@@ -877,10 +912,36 @@ mod tests {
     }
 
     /// The agreement the iterative solver promises, checked against dense `eigh`.
-    fn agrees(f: &Tensor, weights: WeightMapping, laplacian: LaplacianKind, seed: u64) -> Result<(), TestCaseError> {
-        let base = SpectralConfig { weights, knn_k: 5, laplacian, ..SpectralConfig::default() };
-        let d = fiedler(f, &SpectralConfig { solver: Solver::Dense, ..base }, Rng::new(seed)).unwrap();
-        let i = fiedler(f, &SpectralConfig { solver: Solver::Lanczos, ..base }, Rng::new(seed)).unwrap();
+    fn agrees(
+        f: &Tensor,
+        weights: WeightMapping,
+        laplacian: LaplacianKind,
+        seed: u64,
+    ) -> Result<(), TestCaseError> {
+        let base = SpectralConfig {
+            weights,
+            knn_k: 5,
+            laplacian,
+            ..SpectralConfig::default()
+        };
+        let d = fiedler(
+            f,
+            &SpectralConfig {
+                solver: Solver::Dense,
+                ..base
+            },
+            Rng::new(seed),
+        )
+        .unwrap();
+        let i = fiedler(
+            f,
+            &SpectralConfig {
+                solver: Solver::Lanczos,
+                ..base
+            },
+            Rng::new(seed),
+        )
+        .unwrap();
         prop_assert!(i.converged);
         if d.degenerate != i.degenerate {
             // Only a gap at the threshold may be judged differently.
@@ -890,12 +951,26 @@ mod tests {
         // near 0 (two components).
         let tiny = (DEGENERATE_GAP * d.scale).max(f64::MIN_POSITIVE);
         let rel = |a: f64, b: f64| (a - b).abs() / b.abs().max(tiny);
-        prop_assert!(rel(i.lambda2, d.lambda2) <= 1e-4, "lambda2 {} vs {}", i.lambda2, d.lambda2);
-        prop_assert!(rel(i.lambda3, d.lambda3) <= 1e-4, "lambda3 {} vs {}", i.lambda3, d.lambda3);
+        prop_assert!(
+            rel(i.lambda2, d.lambda2) <= 1e-4,
+            "lambda2 {} vs {}",
+            i.lambda2,
+            d.lambda2
+        );
+        prop_assert!(
+            rel(i.lambda3, d.lambda3) <= 1e-4,
+            "lambda3 {} vs {}",
+            i.lambda3,
+            d.lambda3
+        );
         // The vector is determined only where the gap is not tiny.
         if d.lambda3 - d.lambda2 > 1e-4 * d.scale {
             let c = dot(&i.vector, &d.vector);
-            prop_assert!(c >= 0.999, "<v, v_ref> = {} (canonical signs must agree)", c);
+            prop_assert!(
+                c >= 0.999,
+                "<v, v_ref> = {} (canonical signs must agree)",
+                c
+            );
         }
         Ok(())
     }

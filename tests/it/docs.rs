@@ -9,7 +9,11 @@ fn paths(v: &serde_json::Value, prefix: &str, out: &mut BTreeSet<String>) {
     match v {
         serde_json::Value::Object(m) => {
             for (k, v) in m {
-                let p = if prefix.is_empty() { k.clone() } else { format!("{prefix}.{k}") };
+                let p = if prefix.is_empty() {
+                    k.clone()
+                } else {
+                    format!("{prefix}.{k}")
+                };
                 out.insert(p.clone());
                 paths(v, &p, out);
             }
@@ -48,5 +52,8 @@ fn every_config_key_is_documented() {
         .iter()
         .filter(|k| !doc.contains(&format!("`{k}`")))
         .collect();
-    assert!(missing.is_empty(), "docs/config.md does not document: {missing:#?}");
+    assert!(
+        missing.is_empty(),
+        "docs/config.md does not document: {missing:#?}"
+    );
 }

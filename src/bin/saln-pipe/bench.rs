@@ -14,7 +14,11 @@ pub struct SelectionArgs {
     #[arg(long, default_value_t = 3)]
     repeats: usize,
     /// Super-batch sizes B, comma-separated.
-    #[arg(long, value_delimiter = ',', default_value = "256,1024,2048,4096,16384")]
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "256,1024,2048,4096,16384"
+    )]
     sizes: Vec<usize>,
     /// Feature dimensions d, comma-separated.
     #[arg(long, value_delimiter = ',', default_value = "128,2048")]
@@ -68,7 +72,11 @@ pub fn selection(a: &SelectionArgs) -> anyhow::Result<()> {
         repeats: a.repeats.max(1),
         sizes: a.sizes.clone(),
         dims: a.dims.clone(),
-        weights: a.weights.iter().map(|w| weights(w)).collect::<anyhow::Result<_>>()?,
+        weights: a
+            .weights
+            .iter()
+            .map(|w| weights(w))
+            .collect::<anyhow::Result<_>>()?,
         knn_k: a.knn_k,
         laplacian,
         dense_max: a.dense_max,
