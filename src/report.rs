@@ -9,10 +9,11 @@ use std::path::Path;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 
+use crate::batch::LoaderSummary;
 use crate::config::PipelineConfig;
 use crate::error::{Error, Result};
 use crate::extract::SelectionStats;
-use crate::pipeline::{Overlap, StageSnapshot};
+use crate::pipeline::{Overlap, RunInfo, StageSnapshot};
 use crate::train::EpochRecord;
 
 /// How a run ended.
@@ -40,6 +41,19 @@ pub struct DataReport {
     pub skipped: u64,
     /// The first skipped samples and why.
     pub first_skipped: Vec<String>,
+}
+
+impl DataReport {
+    /// The figures of a run on `info`'s data, evaluated on `test_samples` test samples.
+    pub fn new(info: &RunInfo, test_samples: usize, loader: LoaderSummary) -> DataReport {
+        DataReport {
+            learner_samples: info.split.learner.len(),
+            holdout_samples: info.split.holdout.len(),
+            test_samples,
+            skipped: loader.skipped,
+            first_skipped: loader.first_skipped,
+        }
+    }
 }
 
 /// The whole report.
@@ -77,23 +91,29 @@ pub struct Report {
 }
 
 impl Report {
-    /// Assembles a report.
+    /// Assembles a report. The status follows from how the run ended: `failed` when there
+    /// is an `error`, else `cancelled` when the run's cancel flag was set, else `completed`.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
         cfg: &PipelineConfig,
         device: String,
-        status: Status,
-        error: Option<String>,
+        error: Option<&Error>,
+        cancelled: bool,
         data: DataReport,
         epochs: Vec<EpochRecord>,
         stages: Vec<StageSnapshot>,
         selection: SelectionStats,
         wall_seconds: f64,
     ) -> Report {
+        let status = match (error, cancelled) {
+            (Some(_), _) => Status::Failed,
+            (None, true) => Status::Cancelled,
+            (None, false) => Status::Completed,
+        };
         Report {
             saln_version: env!("CARGO_PKG_VERSION"),
             status,
-            error,
+            error: error.map(|e| e.to_string()),
             seed: cfg.seed,
             device,
             config: cfg.clone(),

@@ -188,6 +188,14 @@ pub fn run_loader(
         .map(|e| epoch_superbatches(&plan, e))
         .collect();
     let total: u64 = epochs.iter().map(|e| e.len() as u64).sum();
+    // Which sequence number closes each epoch (none for an epoch without super-batches).
+    let epoch_last: Vec<Option<u64>> = epochs
+        .iter()
+        .scan(0u64, |seq, sbs| {
+            *seq += sbs.len() as u64;
+            Some((!sbs.is_empty()).then(|| *seq - 1))
+        })
+        .collect();
     let mut jobs = epochs
         .into_iter()
         .enumerate()
@@ -199,20 +207,6 @@ pub fn run_loader(
             progress: seq as f64 / total.max(1) as f64,
             indices,
         });
-    // Which sequence number closes each epoch.
-    let epoch_last: Vec<Option<u64>> = {
-        let mut last = vec![None; plan.epochs];
-        let mut seq = 0u64;
-        for (e, slot) in last.iter_mut().enumerate() {
-            let n = epoch_superbatches(&plan, e).len() as u64;
-            if n > 0 {
-                seq += n;
-                *slot = Some(seq - 1);
-            }
-        }
-        last
-    };
-
     let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(plan.prefetch.max(1));
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<Done>();
     let mut workers = Vec::with_capacity(plan.workers);

@@ -182,12 +182,11 @@ default_from_serde!(
 );
 
 impl PipelineConfig {
-    /// Reads, parses and validates a pipeline file.
+    /// Reads, parses and validates a pipeline file. Relative paths in it are taken from the
+    /// current directory, as with every command-line tool, not from the file's folder.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let mut cfg = Self::from_yaml_str(&text, path)?;
-        cfg.resolve_paths(path.parent().unwrap_or(Path::new(".")));
-        Ok(cfg)
+        Self::from_yaml_str(&text, path)
     }
 
     /// Parses and validates YAML text; `origin` names it in messages.
@@ -210,10 +209,6 @@ impl PipelineConfig {
             })
         }
     }
-
-    /// Relative data paths in a config file are taken from the current directory, like
-    /// every command-line tool; nothing to do today, kept as the one place to change that.
-    fn resolve_paths(&mut self, _config_dir: &Path) {}
 
     /// Every value problem, each with its key path. Empty when the config is usable.
     /// Each section checks its own values (`validate` beside its struct); checks that need

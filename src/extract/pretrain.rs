@@ -57,12 +57,7 @@ pub fn pretrain(
     }
     crate::pipeline::set_torch_threads(cfg.torch_threads);
     let data = source::open(&cfg.source)?;
-    let split = Split::new(
-        data.train.len(),
-        cfg.source.holdout,
-        cfg.source.limit,
-        cfg.seed,
-    )?;
+    let split = Split::for_config(data.train.len(), cfg)?;
     if split.holdout.is_empty() {
         return Err(Error::config(
             "source.holdout",

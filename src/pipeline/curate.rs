@@ -10,7 +10,7 @@ use std::time::Instant;
 use crate::config::PipelineConfig;
 use crate::error::{Error, Result};
 use crate::export::{ExportItem, Exporter};
-use crate::report::{DataReport, Report, Status};
+use crate::report::{DataReport, Report};
 
 use super::{check_config, Cancel, Curation, Event, Msg, Observer, StageStats};
 
@@ -84,23 +84,12 @@ pub fn curate(cfg: &PipelineConfig, cancel: Cancel, observer: Option<Observer>) 
         // The export's failure is the root cause; upstream only saw a closed channel.
         error = Some(e.in_stage("export"));
     }
-    let status = match (&error, cancel.is_cancelled()) {
-        (Some(_), _) => Status::Failed,
-        (None, true) => Status::Cancelled,
-        (None, false) => Status::Completed,
-    };
     let mut report = Report::new(
         cfg,
         crate::device::name(info.device),
-        status,
-        error.as_ref().map(|e| e.to_string()),
-        DataReport {
-            learner_samples: info.split.learner.len(),
-            holdout_samples: info.split.holdout.len(),
-            test_samples: 0,
-            skipped: summary.loader.skipped,
-            first_skipped: summary.loader.first_skipped,
-        },
+        error.as_ref(),
+        cancel.is_cancelled(),
+        DataReport::new(&info, 0, summary.loader),
         Vec::new(),
         stats.iter().map(|s| s.snapshot()).collect(),
         summary.selection,

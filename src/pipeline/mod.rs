@@ -29,7 +29,7 @@ use crate::config::PipelineConfig;
 use crate::error::{Error, Result};
 use crate::export::{ExportStage, Exporter};
 use crate::extract::{run_extract, Extractor, RecordMode, SelectionStats, SubBatch};
-use crate::report::{DataReport, Report, Status};
+use crate::report::{DataReport, Report};
 use crate::select::feedback::LossTable;
 use crate::select::{Selector, SelectorConfig};
 use crate::source::{self, DataSet, Split};
@@ -147,21 +147,12 @@ pub(crate) fn join<T>(h: JoinHandle<Result<T>>, stage: &'static str) -> Result<T
 /// The front half of a pipeline, running: source -> loader -> extract + select. Its
 /// output is the stream of curated [`SubBatch`]es in `output`; whoever holds it (the train
 /// stage, the loader API, the Parquet exporter) consumes it. Dropping `output` stops the
-/// stages; [`Curation::finish`] joins them.
+/// stages; [`CurationHandle::finish`] joins them.
 pub struct Curation {
     /// Curated sub-batches, in super-batch order, with epoch markers.
     pub output: tokio::sync::mpsc::Receiver<Msg<SubBatch>>,
-    /// Figures of the run so far.
-    pub info: RunInfo,
-    /// Live counters: `[loader, extract]`.
-    pub stats: Vec<Arc<StageStats>>,
-    /// The run's cancellation flag.
-    pub cancel: Cancel,
-    /// Per-sample learner losses handed back by a training loop (the loader API's
-    /// feedback), for learner-aware policies to read.
-    pub losses: Arc<LossTable>,
-    loader: JoinHandle<Result<LoaderSummary>>,
-    extract: JoinHandle<Result<SelectionStats>>,
+    /// The running stages, their figures, counters and cancellation flag.
+    pub handle: CurationHandle,
 }
 
 /// Static facts about a started run.
@@ -211,12 +202,7 @@ impl Curation {
         set_torch_threads(cfg.torch_threads);
         let device = cfg.device();
         let record = crate::export::record_mode(cfg);
-        let split = Split::new(
-            data.train.len(),
-            cfg.source.holdout,
-            cfg.source.limit,
-            cfg.seed,
-        )?;
+        let split = Split::for_config(data.train.len(), cfg)?;
         let shape = data.train.shape();
         let classes = data.train.num_classes();
         let augmenter = Arc::new(Augmenter::new(cfg.augment.ops.clone()));
@@ -262,35 +248,27 @@ impl Curation {
         };
         Ok(Curation {
             output: sub_rx,
-            info: RunInfo {
-                data,
-                split,
-                shape,
-                classes,
-                device,
-                augmenter,
+            handle: CurationHandle {
+                info: RunInfo {
+                    data,
+                    split,
+                    shape,
+                    classes,
+                    device,
+                    augmenter,
+                },
+                stats,
+                cancel,
+                losses: Arc::new(LossTable::default()),
+                loader,
+                extract,
             },
-            stats,
-            cancel,
-            losses: Arc::new(LossTable::default()),
-            loader,
-            extract,
         })
     }
 
     /// Splits off the output channel, leaving a handle to join the stages with.
     pub fn into_parts(self) -> (tokio::sync::mpsc::Receiver<Msg<SubBatch>>, CurationHandle) {
-        (
-            self.output,
-            CurationHandle {
-                info: self.info,
-                stats: self.stats,
-                cancel: self.cancel,
-                losses: self.losses,
-                loader: self.loader,
-                extract: self.extract,
-            },
-        )
+        (self.output, self.handle)
     }
 }
 
@@ -302,7 +280,7 @@ pub struct CurationHandle {
     pub stats: Vec<Arc<StageStats>>,
     /// The run's cancellation flag.
     pub cancel: Cancel,
-    /// Learner losses handed back by a training loop ([`Curation::losses`]).
+    /// Learner losses handed back by a training loop (the loader API's feedback, for learner-aware policies to read).
     pub losses: Arc<LossTable>,
     loader: JoinHandle<Result<LoaderSummary>>,
     extract: JoinHandle<Result<SelectionStats>>,
@@ -473,23 +451,12 @@ pub fn run_with(
             Vec::new()
         }
     };
-    let status = match (&error, cancel.is_cancelled()) {
-        (Some(_), _) => Status::Failed,
-        (None, true) => Status::Cancelled,
-        (None, false) => Status::Completed,
-    };
     let mut report = Report::new(
         cfg,
         crate::device::name(info.device),
-        status,
-        error.as_ref().map(|e| e.to_string()),
-        DataReport {
-            learner_samples: info.split.learner.len(),
-            holdout_samples: info.split.holdout.len(),
-            test_samples,
-            skipped: summary.loader.skipped,
-            first_skipped: summary.loader.first_skipped,
-        },
+        error.as_ref(),
+        cancel.is_cancelled(),
+        DataReport::new(&info, test_samples, summary.loader),
         epochs,
         stats.iter().map(|s| s.snapshot()).collect(),
         summary.selection,

@@ -105,6 +105,14 @@ impl Split {
     }
 }
 
+impl Split {
+    /// The split a pipeline uses for a training set of `n` samples: `source.holdout`,
+    /// `source.limit` and the run's `seed`.
+    pub fn for_config(n: usize, cfg: &crate::config::PipelineConfig) -> Result<Split> {
+        Split::new(n, cfg.source.holdout, cfg.source.limit, cfg.seed)
+    }
+}
+
 /// The opened data set: training and test sources.
 pub struct DataSet {
     /// The training split (learner + held-out share).
