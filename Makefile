@@ -12,7 +12,7 @@ CARGO ?= cargo
 PIPELINE ?= pipelines/fashion-mnist.yaml
 BIN := target/release/saln-pipe
 
-.PHONY: all setup build demo test bench lint clean-results fixtures
+.PHONY: all setup build demo test bench lint clean-results fixtures eval
 
 all: build
 
@@ -25,6 +25,11 @@ build: setup
 demo: build
 	$(BIN) pretrain $(PIPELINE)
 	$(BIN) run $(PIPELINE)
+
+# The evaluation grid of docs/evaluation.md (75 runs; resumable: rerun after a stop).
+EVAL ?= pipelines/eval-fashion-mnist.yaml
+eval: build
+	$(BIN) eval $(EVAL)
 
 test: setup fixtures
 	$(CARGO) test --release --locked --all-targets

@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs what saln needs, idempotently:
 #   - a Python venv outside the repository with torch==2.11.0 from PyPI (libtorch for tch);
-#   - Debian's dataset-fashion-mnist (the demo's and the tests' real data set).
+#   - Debian's dataset-fashion-mnist (the demo's and the tests' real data set);
+#   - Debian's fonts-dejavu-core (the font of the evaluation's plots).
 # Usage: scripts/setup.sh [torch|data|all]     (default: all)
 # Environment: SALN_VENV (default ~/.cache/saln/venv), SALN_FASHION_MNIST_DIR.
 set -euo pipefail
@@ -60,9 +61,31 @@ MSG
   exit 1
 }
 
+# The font the evaluation's plots draw their text with (saln's src/eval/plot.rs).
+FONT=/usr/share/fonts/truetype/dejavu/DejaVuSans.ttf
+
+setup_font() {
+  if [ -f "$FONT" ]; then
+    say "plot font present ($FONT)"
+    return
+  fi
+  if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
+    say "installing Debian's fonts-dejavu-core (the plots' font)"
+    apt-get update -qq >/dev/null
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq fonts-dejavu-core >/dev/null
+    [ -f "$FONT" ] && { say "plot font installed ($FONT)"; return; }
+  fi
+  cat >&2 <<MSG
+setup: the plot font $FONT is missing and cannot be installed here (needs root and apt-get).
+  On Debian/Ubuntu:  sudo apt-get install fonts-dejavu-core
+  Elsewhere: set SALN_PLOT_FONT to any TrueType font file when running saln-pipe eval / viz.
+MSG
+  exit 1
+}
+
 case "$what" in
   torch) setup_torch ;;
-  data) setup_data ;;
-  all) setup_torch; setup_data ;;
+  data) setup_data; setup_font ;;
+  all) setup_torch; setup_data; setup_font ;;
   *) say "unknown target '$what' (torch|data|all)"; exit 2 ;;
 esac

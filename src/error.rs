@@ -117,6 +117,15 @@ pub enum Error {
     /// The run was cancelled (Ctrl-C, SIGTERM, or the consumer went away).
     #[error("cancelled")]
     Cancelled,
+    /// An output (table, plot, picture) could not be made, or what it needs (a font) is
+    /// missing.
+    #[error("{path}: {message}")]
+    Output {
+        /// The file being written, or the one that is missing.
+        path: PathBuf,
+        /// What went wrong.
+        message: String,
+    },
 }
 
 impl Error {

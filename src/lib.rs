@@ -21,6 +21,7 @@
 //! | [`pipeline`] | wiring | threads, bounded channels, per-stage metrics, cancellation |
 //! | [`report`] | report | the JSON run report |
 //! | [`config`] | config | the pipeline YAML, typed and validated |
+//! | [`eval`] | evaluation | grids of policies x keep ratios x seeds; tables, plots, pictures |
 //!
 //! The binary `saln-pipe` (`src/bin/saln-pipe/`) is a thin command line over
 //! [`pipeline::run`] and [`extract::pretrain`].
@@ -31,6 +32,7 @@ pub mod batch;
 pub mod config;
 pub mod device;
 pub mod error;
+pub mod eval;
 pub mod export;
 pub mod extract;
 pub mod loader;

@@ -92,6 +92,37 @@ pub fn epoch_superbatches(plan: &LoaderPlan, epoch: usize) -> Vec<Vec<usize>> {
         .collect()
 }
 
+/// Super-batch `seq` (global, 0-based, counted across epochs) of `plan`, decoded and
+/// augmented exactly as the loader stage makes it (same order, same random streams), with
+/// the samples it skipped. `None` when the plan has fewer super-batches. Used to look at one
+/// super-batch without running the pipeline (`saln-pipe viz`).
+pub fn superbatch_at(
+    source: &dyn Source,
+    aug: &Augmenter,
+    plan: &LoaderPlan,
+    seq: u64,
+) -> Result<Option<(SuperBatch, Vec<String>)>> {
+    let total: u64 = (0..plan.epochs)
+        .map(|e| epoch_superbatches(plan, e).len() as u64)
+        .sum();
+    let mut first = 0u64;
+    for epoch in 0..plan.epochs {
+        let sbs = epoch_superbatches(plan, epoch);
+        let n = sbs.len() as u64;
+        if seq < first + n {
+            let job = Job {
+                seq,
+                epoch,
+                progress: seq as f64 / total.max(1) as f64,
+                indices: sbs[(seq - first) as usize].clone(),
+            };
+            return build(source, aug, plan.seed, plan.on_error, &job).map(Some);
+        }
+        first += n;
+    }
+    Ok(None)
+}
+
 /// What the loader did, for the report.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct LoaderSummary {

@@ -226,6 +226,7 @@ impl PipelineConfig {
         self.trainer.validate(&mut v);
         self.channels.validate(&mut v);
         self.report.validate(&mut v);
+        crate::select::baselines::validate_pipeline(self, &mut v);
         if let Some(e) = &self.export {
             e.validate(&mut v);
         }
@@ -245,7 +246,7 @@ impl PipelineConfig {
                 });
             }
         }
-        if self.selection.policy.needs_features() {
+        if self.selection.policy.needs_reference() {
             let mut issues = Issues::default();
             self.extractor.check_resources(self.device(), &mut issues);
             v.extend(issues.0);

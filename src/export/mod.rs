@@ -126,6 +126,8 @@ pub fn ranks(policy: Policy, rule: Rule, scores: &[f32]) -> Vec<u32> {
             (Policy::Saln, Rule::Boundary) => v.abs(),
             (Policy::Saln, Rule::Quantile) => v,
             (Policy::Uniform | Policy::None, _) => 0.0,
+            // Learner-aware policies prefer high (reducible) loss / learnability.
+            (Policy::Loss | Policy::RhoLoss | Policy::Jest, _) => -v,
         }
     };
     let mut order: Vec<usize> = (0..scores.len()).collect();

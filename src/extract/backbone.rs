@@ -171,6 +171,25 @@ impl Extractor {
         })
     }
 
+    /// Class logits of the reference CNN (`extractor.kind: reference` only; the `rho-loss`
+    /// and `jest` policies need them). `xs`: `[n, C, H, W]` float32 on the device ->
+    /// `[n, classes]` float32, in one forward pass (the caller micro-batches), no gradients.
+    pub fn reference_logits(&self, xs: &Tensor) -> Result<Tensor> {
+        let _guard = tch::no_grad_guard();
+        let Backbone::Reference { model, .. } = &self.net else {
+            return Err(Error::config(
+                "extractor.kind",
+                "class scores need the reference CNN (kind: reference)",
+            ));
+        };
+        let out = model.logits(&self.input.apply(xs)?)?;
+        Ok(if out.kind() == Kind::Float {
+            out
+        } else {
+            out.f_to_kind(Kind::Float)?
+        })
+    }
+
     /// The reference CNN as [`Extractor::load`] builds it: float32, images as they come.
     pub(super) fn reference(
         vs: nn::VarStore,

@@ -25,6 +25,7 @@ use crate::batch::SuperBatch;
 use crate::error::{Error, Result};
 use crate::model::{Cnn, CnnArch};
 use crate::pipeline::{Cancel, Msg, StageStats};
+use crate::select::learner::{LearnerScorer, LearnerStats};
 use crate::select::{Selection, Selector};
 
 pub mod backbone;
@@ -183,6 +184,11 @@ pub struct SelectionStats {
     pub selection_over_forward: f64,
     /// FNV-1a digest of every kept id in order: equal digests mean equal selections.
     pub kept_digest: String,
+    /// The learner-aware policies (`loss`, `rho-loss`, `jest`): how fresh the learner's
+    /// weights were when they scored super-batches. For them, `ms_per_forward` is the
+    /// learner's and the reference model's forward passes (snapshot waits excluded).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub learner: Option<LearnerStats>,
 }
 
 #[derive(Default)]
@@ -258,15 +264,19 @@ impl Acc {
                 0.0
             },
             kept_digest: format!("{:016x}", self.digest),
+            learner: None,
         }
     }
 }
 
 /// Runs the extract stage: super-batches in, sub-batches out.
-/// `extractor` may be `None` only for policies that need no features.
+/// `extractor` may be `None` only for policies that need no reference model and runs that
+/// export no features; `learner` is required by the learner-aware policies
+/// ([`crate::select::learner`]).
 #[allow(clippy::too_many_arguments)]
 pub fn run_extract(
     extractor: Option<Extractor>,
+    mut learner: Option<LearnerScorer>,
     selector: Selector,
     device: Device,
     record: RecordMode,
@@ -276,6 +286,8 @@ pub fn run_extract(
     cancel: &Cancel,
 ) -> Result<SelectionStats> {
     let mut acc = Acc::new();
+    // Sub-batches sent so far: the trainer's step count once it has consumed them.
+    let mut sent = 0u64;
     loop {
         let t = Instant::now();
         let Some(msg) = input.blocking_recv() else {
@@ -297,34 +309,55 @@ pub fn run_extract(
         stats.received();
         let t = Instant::now();
         let n = sb.len();
-        let sub = curate(extractor.as_ref(), &selector, device, record, sb, &mut acc)?;
+        let scorer = learner.as_mut().map(|l| (l, sent, cancel));
+        let Some((sub, waited)) = curate(
+            extractor.as_ref(),
+            scorer,
+            &selector,
+            device,
+            record,
+            sb,
+            &mut acc,
+        )?
+        else {
+            break; // cancelled while waiting for the learner's weights
+        };
         stats.item(n);
-        stats.busy(t.elapsed());
+        stats.waited(waited);
+        stats.busy(t.elapsed().saturating_sub(waited));
         let t = Instant::now();
         if out.blocking_send(Msg::Data(sub)).is_err() {
             break;
         }
+        sent += 1;
         stats.blocked(t.elapsed());
     }
-    Ok(acc.finish())
+    let mut summary = acc.finish();
+    summary.learner = learner.map(|l| l.stats());
+    Ok(summary)
 }
 
+/// Curates one super-batch; `learner` is the learner-aware policies' scorer with the number
+/// of sub-batches sent so far. Returns the sub-batch and the time spent waiting for the
+/// learner's weights, or `None` when cancelled while waiting.
 fn curate(
     extractor: Option<&Extractor>,
+    learner: Option<(&mut LearnerScorer, u64, &Cancel)>,
     selector: &Selector,
     device: Device,
     record: RecordMode,
     sb: SuperBatch,
     acc: &mut Acc,
-) -> Result<SubBatch> {
+) -> Result<Option<(SubBatch, std::time::Duration)>> {
     let n = sb.len();
     let (c, h, w) = sb.shape;
     let images = Tensor::f_from_slice(&sb.pixels)?
         .f_view([n as i64, c as i64, h as i64, w as i64])?
         .f_to_device(device)?;
     let t = Instant::now();
-    let want_features = selector.config().policy.needs_features() || record == RecordMode::Features;
-    let features = match (want_features, extractor) {
+    let mut waited = 0.0;
+    let policy = selector.config().policy;
+    let features = match (policy.needs_features(), extractor) {
         (true, Some(x)) => Some(x.features(&images)?),
         (true, None) => {
             return Err(Error::Selection {
@@ -332,9 +365,33 @@ fn curate(
                 message: "features are needed (policy or export) but no extractor is loaded".into(),
             })
         }
+        (false, _) if policy.needs_learner() => {
+            let Some((scorer, sent, cancel)) = learner else {
+                return Err(Error::Selection {
+                    superbatch: sb.seq,
+                    message: "policy needs the learner's losses but no learner is loaded".into(),
+                });
+            };
+            let labels = Tensor::f_from_slice(&sb.labels)?.f_to_device(device)?;
+            let reference = extractor.filter(|_| policy.needs_reference());
+            let scored = scorer
+                .losses(&images, &labels, sent, reference, cancel)
+                .map_err(|e| match e {
+                    Error::Selection { message, .. } => Error::Selection {
+                        superbatch: sb.seq,
+                        message,
+                    },
+                    e => e,
+                })?;
+            let Some(scored) = scored else {
+                return Ok(None);
+            };
+            waited = scored.waited;
+            Some(scored.losses)
+        }
         (false, _) => None,
     };
-    let fwd = t.elapsed().as_secs_f64();
+    let fwd = t.elapsed().as_secs_f64() - waited;
     let sel = selector
         .select(n, features.as_ref(), sb.seq, sb.progress)
         .map_err(|e| match e {
@@ -353,12 +410,18 @@ fn curate(
     let index = Tensor::f_from_slice(&sel.kept.iter().map(|&i| i as i64).collect::<Vec<_>>())?
         .f_to_device(device)?;
     let labels: Vec<i64> = sel.kept.iter().map(|&i| sb.labels[i]).collect();
+    // The export's features come from the reference model whatever the policy scored with.
+    let export_features = match (record, policy.needs_features(), extractor) {
+        (RecordMode::Features, true, _) => features.as_ref().map(Tensor::shallow_clone),
+        (RecordMode::Features, false, Some(x)) => Some(x.features(&images)?),
+        _ => None,
+    };
     let record = match record {
         RecordMode::Off => None,
         mode => {
             let mut kept = vec![false; n];
             sel.kept.iter().for_each(|&i| kept[i] = true);
-            let (feature_dim, features) = match (mode, &features) {
+            let (feature_dim, features) = match (mode, &export_features) {
                 (RecordMode::Features, Some(f)) => (
                     f.size().get(1).copied().unwrap_or(0) as usize,
                     Vec::<f32>::try_from(
@@ -380,7 +443,7 @@ fn curate(
             })
         }
     };
-    Ok(SubBatch {
+    let sub = SubBatch {
         seq: sb.seq,
         epoch: sb.epoch,
         superbatch_len: n,
@@ -391,12 +454,20 @@ fn curate(
         scores: sel.kept.iter().map(|&i| sel.scores[i]).collect(),
         ids,
         record,
-    })
+    };
+    Ok(Some((sub, std::time::Duration::from_secs_f64(waited))))
 }
 
 /// "sample 3 ..." (position) -> "sample id 1234 (position 3) ...".
 fn rename_position(message: &str, ids: &[u64]) -> String {
-    let Some(rest) = message.strip_prefix("feature vector of sample ") else {
+    let Some((prefix, rest)) = ["feature vector of sample ", "loss of sample "]
+        .iter()
+        .find_map(|p| {
+            message
+                .strip_prefix(p)
+                .map(|rest| (&p[..p.len() - 1], rest))
+        })
+    else {
         return message.to_string();
     };
     let (num, tail) = rest.split_once(' ').unwrap_or((rest, ""));
@@ -405,7 +476,7 @@ fn rename_position(message: &str, ids: &[u64]) -> String {
         .ok()
         .and_then(|p| ids.get(p).map(|id| (p, id)))
     {
-        Some((p, id)) => format!("feature vector of sample id {id} (position {p}) {tail}"),
+        Some((p, id)) => format!("{prefix} id {id} (position {p}) {tail}"),
         None => message.to_string(),
     }
 }
@@ -524,6 +595,13 @@ mod tests {
         assert_eq!(
             super::rename_position("feature vector of sample 1 is all zeros", &[10, 20]),
             "feature vector of sample id 20 (position 1) is all zeros"
+        );
+        assert_eq!(
+            super::rename_position(
+                "loss of sample 0 under the learner is not finite (NaN)",
+                &[7]
+            ),
+            "loss of sample id 7 (position 0) under the learner is not finite (NaN)"
         );
     }
 }

@@ -31,6 +31,7 @@ use crate::export::{ExportStage, Exporter};
 use crate::extract::{run_extract, Extractor, RecordMode, SelectionStats, SubBatch};
 use crate::report::{DataReport, Report};
 use crate::select::feedback::LossTable;
+use crate::select::learner::{LearnerScorer, Publisher, SnapshotBoard};
 use crate::select::{Selector, SelectorConfig};
 use crate::source::{self, DataSet, Split};
 use crate::train::{eval_set, run_train, EpochRecord, Trainer};
@@ -198,6 +199,18 @@ impl Curation {
         data: Arc<DataSet>,
         cancel: Cancel,
     ) -> Result<Curation> {
+        Self::start_with_learner(cfg, data, cancel, None)
+    }
+
+    /// Like [`Curation::start_with`], for a run whose trainer publishes its weights on
+    /// `board`: the learner-aware policies (`loss`, `rho-loss`, `jest`) need it, and fail
+    /// with a configuration error without one ([`crate::select::learner`]).
+    pub fn start_with_learner(
+        cfg: &PipelineConfig,
+        data: Arc<DataSet>,
+        cancel: Cancel,
+        board: Option<Arc<SnapshotBoard>>,
+    ) -> Result<Curation> {
         check_config(cfg, true)?;
         set_torch_threads(cfg.torch_threads);
         let device = cfg.device();
@@ -207,12 +220,33 @@ impl Curation {
         let classes = data.train.num_classes();
         let augmenter = Arc::new(Augmenter::new(cfg.augment.ops.clone()));
         let selector = Selector::new(SelectorConfig::from_config(cfg));
-        let extractor =
-            if selector.config().policy.needs_features() || record == RecordMode::Features {
-                Some(Extractor::build(cfg, shape, classes)?)
-            } else {
-                None
-            };
+        let policy = selector.config().policy;
+        let extractor = if policy.needs_reference() || record == RecordMode::Features {
+            Some(Extractor::build(cfg, shape, classes)?)
+        } else {
+            None
+        };
+        let learner = match (policy.needs_learner(), board) {
+            (false, _) => None,
+            (true, Some(board)) => Some(LearnerScorer::new(
+                &cfg.trainer.arch,
+                shape,
+                classes,
+                device,
+                board,
+                cfg.selection.refresh_every,
+                cfg.selection.snapshot_lag,
+                cfg.extractor.micro_batch,
+            )),
+            (true, None) => {
+                return Err(Error::config(
+                    "selection.policy",
+                    "this policy scores samples with the learner's weights, which only a \
+                     training run (`saln-pipe run`, pipeline::run) has; use saln, uniform or \
+                     none to curate without a trainer",
+                ))
+            }
+        };
         let stats = vec![
             Arc::new(StageStats::with_threads("loader", cfg.augment.workers)),
             Arc::new(StageStats::new("extract")),
@@ -243,7 +277,9 @@ impl Curation {
         let extract = {
             let (st, c) = (stats[1].clone(), cancel.clone());
             spawn_stage("extract", &cancel, move || {
-                run_extract(extractor, selector, device, record, sb_rx, sub_tx, &st, &c)
+                run_extract(
+                    extractor, learner, selector, device, record, sb_rx, sub_tx, &st, &c,
+                )
             })?
         };
         Ok(Curation {
@@ -343,7 +379,12 @@ pub fn run_with(
     if let Some(e) = &cfg.export {
         crate::export::prepare(e)?;
     }
-    let curation = Curation::start_with(cfg, data, cancel.clone())?;
+    let board = cfg
+        .selection
+        .policy
+        .needs_learner()
+        .then(SnapshotBoard::new);
+    let curation = Curation::start_with_learner(cfg, data, cancel.clone(), board.clone())?;
     let (sub_rx, handle) = curation.into_parts();
     let info = handle.info.clone();
     let test = eval_set(
@@ -377,6 +418,12 @@ pub fn run_with(
             test,
             total_steps,
         )
+    });
+    let trainer = trainer.and_then(|mut t| {
+        if let Some(board) = board {
+            t.publish_to(Publisher::new(board, cfg.selection.refresh_every))?;
+        }
+        Ok(t)
     });
     let started = trainer.and_then(|t| Ok((t, export(sub_rx)?)));
     let (mut trainer, (sub_rx, export)) = match started {

@@ -5,13 +5,16 @@
 //! | [`spectral`] | SALN: similarity graph, Laplacian, Fiedler vector (dense or iterative) |
 //! | [`lanczos`] | the iterative solver: block Lanczos with full re-orthogonalisation |
 //! | [`rules`] | how the Fiedler vector becomes `b` indices |
+//! | [`baselines`] | the learner-aware baselines: `loss`, `rho-loss`, `jest` |
+//! | [`learner`] | the learner's weights in the extract stage: snapshots, staleness |
 //! | [`schedule`] | the keep ratio over training (constant, linear, cosine, step) |
 //! | [`bench`] | `saln-pipe bench selection`: dense vs iterative, time and agreement |
 //! | [`feedback`] | per-sample learner losses handed back by a training loop |
 //!
 //! Policies ([`Policy`]): `saln` (spectral, label- and learner-free), `uniform` (b of B at
-//! random: the baseline any selection must beat at equal compute) and `none` (everything;
-//! standard training).
+//! random: the baseline any selection must beat at equal compute), `none` (everything;
+//! standard training), and the learner-aware baselines `loss`, `rho-loss` and `jest`
+//! (`docs/evaluation.md`).
 //!
 //! The number kept is `b = max(1, round(rho * B))`, capped at `B` ([`keep_count`]), with
 //! `rho` the schedule's keep ratio at the super-batch's training progress. `docs/selection.md`
@@ -26,9 +29,11 @@ use tch::Tensor;
 use crate::error::{Error, Result};
 use crate::rng::{self, Rng};
 
+pub mod baselines;
 pub mod bench;
 pub mod feedback;
 pub mod lanczos;
+pub mod learner;
 pub mod rules;
 pub mod schedule;
 pub mod spectral;
@@ -49,12 +54,32 @@ pub enum Policy {
     Uniform,
     /// Keep every sample: standard training.
     None,
+    /// The `b` samples with the highest loss under the learner (Loshchilov & Hutter 2015).
+    Loss,
+    /// The `b` samples with the highest reducible loss, learner loss minus reference-model
+    /// loss (RHO-LOSS, Mindermann et al. 2022).
+    RhoLoss,
+    /// JEST's chunked sampling by learnability, learner loss minus reference loss (Evans et
+    /// al. 2024); see [`baselines::jest`].
+    Jest,
 }
 
 impl Policy {
     /// Whether the policy needs the reference model's features.
     pub fn needs_features(self) -> bool {
         matches!(self, Policy::Saln)
+    }
+
+    /// Whether the policy scores samples with the learner's current weights (the extract
+    /// stage then keeps a snapshot of them, [`learner`]).
+    pub fn needs_learner(self) -> bool {
+        matches!(self, Policy::Loss | Policy::RhoLoss | Policy::Jest)
+    }
+
+    /// Whether the policy needs the reference model loaded: its features (`saln`) or its
+    /// per-sample losses (`rho-loss`, `jest`).
+    pub fn needs_reference(self) -> bool {
+        matches!(self, Policy::Saln | Policy::RhoLoss | Policy::Jest)
     }
 }
 
@@ -73,6 +98,8 @@ pub struct SelectorConfig {
     pub rule: Rule,
     /// Seed of the random policies and of the iterative solver's start vectors.
     pub seed: u64,
+    /// Chunks of JEST's joint sampling (`jest`).
+    pub jest_chunks: usize,
 }
 
 impl SelectorConfig {
@@ -92,6 +119,7 @@ impl SelectorConfig {
             },
             rule: s.rule,
             seed: cfg.seed,
+            jest_chunks: cfg.selection.jest_chunks,
         }
     }
 }
@@ -171,8 +199,10 @@ impl Selector {
 
     /// Selects from a super-batch of `n` samples.
     ///
-    /// - `features`: `[n, d]` (any float dtype, any device), required for `saln`.
-    /// - `superbatch`: the global super-batch index; seeds the random policy and the
+    /// - `features`: `[n, d]` (any float dtype, any device), required for `saln`; for the
+    ///   learner-aware policies (`loss`, `rho-loss`, `jest`) the `[n, 2]` per-sample losses,
+    ///   learner then reference, that [`learner::LearnerScorer::losses`] computes.
+    /// - `superbatch`: the global super-batch index; seeds the random policies and the
     ///   iterative solver, and names the super-batch in errors.
     /// - `progress`: training progress in `[0, 1]` ([`crate::batch::SuperBatch::progress`]),
     ///   which sets the keep ratio through the schedule.
@@ -225,6 +255,11 @@ impl Selector {
                     seconds: 0.0,
                 }
             }
+            Policy::Loss | Policy::RhoLoss | Policy::Jest => {
+                let mut s = baselines::select(&self.cfg, n, b, features, superbatch)?;
+                s.keep_ratio = rho;
+                s
+            }
         };
         out.seconds = start.elapsed().as_secs_f64();
         Ok(out)
@@ -237,7 +272,8 @@ impl Selector {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SelectionConfig {
-    /// `saln` (spectral), `uniform` (b of B at random) or `none` (keep everything).
+    /// `saln` (spectral), `uniform` (b of B at random), `none` (keep everything), or the
+    /// learner-aware baselines `loss`, `rho-loss` and `jest` (`docs/evaluation.md`).
     #[serde(default)]
     pub policy: Policy,
     /// Fraction of each super-batch that reaches the trainer (rho), in (0, 1]; with a
@@ -266,6 +302,20 @@ pub struct SelectionConfig {
     /// How the Fiedler vector becomes b indices: `extremes`, `boundary`, `balanced`, `quantile`.
     #[serde(default)]
     pub rule: Rule,
+    /// `loss`, `rho-loss`, `jest`: the extract stage scores with a snapshot of the learner's
+    /// weights taken every `refresh_every` optimizer steps (`docs/evaluation.md`).
+    #[serde(default = "baselines::d_refresh_every")]
+    pub refresh_every: u64,
+    /// `loss`, `rho-loss`, `jest`: super-batch `j` is scored with the snapshot taken after
+    /// step `refresh_every * floor((j - snapshot_lag) / refresh_every)`, so the selection
+    /// never depends on how far the trainer got. A lag of at least the
+    /// `channels.extract_to_train` capacity + 1 lets the stages overlap; a smaller one makes
+    /// the extract stage wait for the trainer.
+    #[serde(default = "baselines::d_snapshot_lag")]
+    pub snapshot_lag: u64,
+    /// `jest`: the number of chunks of the joint sampling (the first is uniform).
+    #[serde(default = "baselines::d_jest_chunks")]
+    pub jest_chunks: usize,
 }
 
 pub(crate) fn d_keep_ratio() -> f64 {
@@ -282,6 +332,7 @@ impl SelectionConfig {
         v.check(rho > 0.0 && rho <= 1.0, "selection.keep_ratio", || {
             format!("must be in (0, 1], got {rho}")
         });
+        baselines::validate(self, v);
         v.check(self.knn_k >= 1, "selection.knn_k", || {
             "must be at least 1".into()
         });
@@ -302,6 +353,7 @@ mod tests {
             spectral: SpectralConfig::default(),
             rule: Rule::Quantile,
             seed: 5,
+            jest_chunks: 16,
         })
     }
 

@@ -107,6 +107,8 @@ pub struct Trainer {
     schedule: LrSchedule,
     total_steps: u64,
     steps: u64,
+    /// Snapshots for the extract stage (learner-aware selection policies).
+    publisher: Option<crate::select::learner::Publisher>,
 }
 
 impl Trainer {
@@ -138,6 +140,7 @@ impl Trainer {
             schedule: cfg.lr_schedule,
             total_steps: total_steps.max(1),
             steps: 0,
+            publisher: None,
         })
     }
 
@@ -145,6 +148,15 @@ impl Trainer {
     pub fn current_lr(&self) -> f64 {
         self.schedule
             .at(self.lr, self.steps as f64 / self.total_steps as f64)
+    }
+
+    /// Publishes snapshots of the learner through `publisher` from now on (every
+    /// `selection.refresh_every` steps), starting with the current weights
+    /// ([`crate::select::learner`]).
+    pub fn publish_to(&mut self, publisher: crate::select::learner::Publisher) -> Result<()> {
+        publisher.after_step(self.steps, &self.vs)?;
+        self.publisher = Some(publisher);
+        Ok(())
     }
 
     /// One optimizer step on `images` `[b, C, H, W]`, `labels` `[b]`; returns the loss.
@@ -155,6 +167,9 @@ impl Trainer {
         self.opt.zero_grad();
         loss.f_backward()?;
         self.opt.step();
+        if let Some(p) = &self.publisher {
+            p.after_step(self.steps, &self.vs)?;
+        }
         Ok(loss.f_double_value(&[])?)
     }
 

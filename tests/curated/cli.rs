@@ -61,14 +61,21 @@ fn curate_writes_parquet_and_refuses_to_mix_exports() {
 #[test]
 fn every_example_pipeline_parses() {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/pipelines");
-    let mut n = 0;
+    let (mut n, mut evals) = (0, 0);
     for e in std::fs::read_dir(dir).unwrap() {
         let p = e.unwrap().path();
         if p.extension().is_some_and(|x| x == "yaml") {
-            saln::config::PipelineConfig::load(&p)
-                .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
-            n += 1;
+            let text = std::fs::read_to_string(&p).unwrap();
+            if saln::eval::is_eval_yaml(&text) {
+                saln::eval::EvalConfig::load(&p).unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                evals += 1;
+            } else {
+                saln::config::PipelineConfig::load(&p)
+                    .unwrap_or_else(|e| panic!("{}: {e}", p.display()));
+                n += 1;
+            }
         }
     }
-    assert!(n >= 3);
+    assert!(n >= 3, "{n} pipeline files");
+    assert!(evals >= 1, "{evals} evaluation files");
 }

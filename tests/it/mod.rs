@@ -1,4 +1,6 @@
+pub mod baselines;
 pub mod cli;
 pub mod common;
 pub mod docs;
+pub mod eval;
 pub mod pipeline;

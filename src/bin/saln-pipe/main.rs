@@ -13,6 +13,7 @@ use saln::config::PipelineConfig;
 use saln::pipeline::{self, Cancel};
 use saln::report::{Report, Status};
 
+mod eval;
 mod progress;
 
 mod bench;
@@ -64,10 +65,28 @@ enum Command {
         #[arg(long)]
         report: Option<PathBuf>,
     },
-    /// Check a pipeline YAML and report every problem.
+    /// Check a pipeline YAML (or an eval YAML) and report every problem.
     Validate {
         /// The pipeline YAML.
         config: PathBuf,
+    },
+    /// Run an evaluation grid (policies x keep ratios x seeds) and write its table and plots
+    /// (docs/evaluation.md). Runs whose report exists are not run again.
+    Eval {
+        /// The eval YAML: a `pipeline:` and a `grid:`.
+        config: PathBuf,
+    },
+    /// Draw one super-batch: its images with the kept ones framed, and its samples on the
+    /// 2nd and 3rd Laplacian eigenvectors coloured by label.
+    Viz {
+        /// The pipeline YAML.
+        config: PathBuf,
+        /// Global index of the super-batch (0-based, counted across epochs).
+        #[arg(long, default_value_t = 0)]
+        superbatch: u64,
+        /// Folder for the two PNGs.
+        #[arg(long, default_value = "target/saln/viz")]
+        out: PathBuf,
     },
     /// Measure a stage on synthetic input and print a table.
     Bench {
@@ -183,6 +202,20 @@ async fn run(cfg: PipelineConfig, job: Job) -> anyhow::Result<ExitCode> {
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
+        Command::Eval { config } => eval::eval(&config),
+        Command::Viz {
+            config,
+            superbatch,
+            out,
+        } => match load(&config) {
+            Ok(cfg) => eval::viz(&cfg, superbatch, &out),
+            Err(code) => code,
+        },
+        Command::Validate { config }
+            if std::fs::read_to_string(&config).is_ok_and(|t| saln::eval::is_eval_yaml(&t)) =>
+        {
+            eval::validate(&config)
+        }
         Command::Bench {
             what: BenchWhat::Selection(args),
         } => match bench::selection(&args) {
