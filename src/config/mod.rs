@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ConfigIssue, Error, Result};
 
 pub use crate::augment::AugmentConfig;
-pub use crate::batch::SuperBatchConfig;
+pub use crate::batch::loader_only::LoaderOnlyConfig;
+pub use crate::batch::{ShardConfig, SuperBatchConfig};
 pub use crate::extract::pretrain::PretrainConfig;
 pub use crate::extract::ExtractorConfig;
 pub use crate::pipeline::ChannelConfig;
@@ -71,6 +72,10 @@ pub struct PipelineConfig {
     /// Where the JSON report goes.
     #[serde(default)]
     pub report: ReportConfig,
+    /// When present, `saln-pipe run` runs the input side alone (source, augmentation,
+    /// super-batches) and reports images per second; see `batch::loader_only`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loader_only: Option<LoaderOnlyConfig>,
 }
 
 /// Collects configuration problems; each section's `validate` adds to it.
@@ -173,6 +178,9 @@ impl PipelineConfig {
         self.trainer.validate(&mut v);
         self.channels.validate(&mut v);
         self.report.validate(&mut v);
+        if let Some(l) = &self.loader_only {
+            l.validate(&mut v);
+        }
         v.0
     }
 

@@ -66,9 +66,9 @@ pub fn pretrain(
         });
     }
     let device = cfg.device();
-    let shape = data.train.shape();
-    let classes = data.train.num_classes();
     let aug = Augmenter::new(cfg.augment.ops.clone());
+    let shape = aug.output_shape(data.train.shape())?;
+    let classes = data.train.num_classes();
     tch::manual_seed(cfg.seed as i64);
     let vs = nn::VarStore::new(device);
     let model = Cnn::new(&vs.root(), &cfg.extractor.arch, shape, classes);

@@ -159,7 +159,7 @@ pub struct RunInfo {
     pub data: Arc<DataSet>,
     /// The learner / reference split.
     pub split: Split,
-    /// `(C, H, W)` of every image.
+    /// `(C, H, W)` of every image, after augmentation (what the models see).
     pub shape: (usize, usize, usize),
     /// Number of classes.
     pub classes: usize,
@@ -199,9 +199,9 @@ impl Curation {
             cfg.source.limit,
             cfg.seed,
         )?;
-        let shape = data.train.shape();
-        let classes = data.train.num_classes();
         let augmenter = Arc::new(Augmenter::new(cfg.augment.ops.clone()));
+        let shape = augmenter.output_shape(data.train.shape())?;
+        let classes = data.train.num_classes();
         let selector = Selector::new(SelectorConfig::from_config(cfg));
         let extractor = if selector.config().policy.needs_features() {
             Some(Extractor::load(
@@ -230,6 +230,7 @@ impl Curation {
             workers: cfg.augment.workers,
             prefetch: cfg.superbatch.prefetch,
             on_error: cfg.source.on_error,
+            shard: cfg.superbatch.shard.resolve()?,
         };
         let loader = {
             let (src, aug, st, c) = (

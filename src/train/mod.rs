@@ -63,6 +63,7 @@ pub fn eval_set(
     limit: Option<usize>,
     device: Device,
 ) -> Result<(Tensor, Tensor)> {
+    let shape = aug.output_shape(source.shape())?;
     let n = limit.map_or(source.len(), |l| l.min(source.len()));
     let mut pixels = Vec::new();
     let mut labels = Vec::with_capacity(n);
@@ -78,7 +79,7 @@ pub fn eval_set(
         pixels.extend_from_slice(&img.data);
         labels.push(s.label);
     }
-    images_tensor(&pixels, &labels, source.shape(), device)
+    images_tensor(&pixels, &labels, shape, device)
 }
 
 /// Accuracy of `model` on `x` (`[n, C, H, W]`) against `y` (`[n]`), `batch` at a time.

@@ -27,6 +27,7 @@ struct Cli {
 #[derive(Subcommand)]
 enum Command {
     /// Run a pipeline: load, augment, extract features, select, train, evaluate, report.
+    /// A pipeline with a `loader_only:` block runs the input side alone and reports images/s.
     Run {
         /// The pipeline YAML.
         config: PathBuf,
@@ -163,6 +164,38 @@ async fn run(cfg: PipelineConfig) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// `saln-pipe run` on a pipeline with a `loader_only:` block.
+fn run_loader_only(cfg: &PipelineConfig) -> ExitCode {
+    match saln::batch::loader_only::run(cfg, Cancel::default()) {
+        Ok(r) => {
+            println!(
+                "loader-only: {} images ({} skipped) of {}x{}x{} in {:.2}s with {} workers: {:.1} images/s",
+                r.images,
+                r.skipped,
+                r.output_shape[0],
+                r.output_shape[1],
+                r.output_shape[2],
+                r.load_seconds,
+                cfg.augment.workers,
+                r.images_per_second
+            );
+            for s in r.first_skipped.iter().take(5) {
+                eprintln!("skipped: {s}");
+            }
+            eprintln!("saln: report written to {}", cfg.report.path.display());
+            ExitCode::SUCCESS
+        }
+        Err(e @ saln::Error::ConfigInvalid { .. }) => {
+            eprintln!("error: {e}");
+            ExitCode::from(2)
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
+        }
+    }
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     match cli.command {
@@ -240,6 +273,9 @@ fn main() -> ExitCode {
             }
             if let Some(r) = report {
                 cfg.report.path = r;
+            }
+            if cfg.loader_only.is_some() {
+                return run_loader_only(&cfg);
             }
             let rt = match tokio::runtime::Builder::new_multi_thread()
                 .worker_threads(1)
