@@ -129,56 +129,87 @@ pub(crate) fn resize<T: Resizable>(
 
 /// Rotates about the centre by `radians` (counter-clockwise on screen for positive angles),
 /// bilinear; pixels that come from outside the image are 0.
+///
+/// Each output pixel maps back to a source point. The source is first copied, channels
+/// interleaved, into a buffer with a one-pixel zero border: then every point within one pixel
+/// of the image reads its four neighbours (all channels at once, from two short runs of
+/// memory) without bounds tests, points farther out are 0, and the mapping is computed once
+/// per pixel for all channels.
 pub(crate) fn rotate(img: &mut Image, radians: f64) {
-    let (c, h, w) = (img.channels, img.height, img.width);
-    let (cy, cx) = ((h as f64 - 1.0) / 2.0, (w as f64 - 1.0) / 2.0);
-    let (s, co) = radians.sin_cos();
+    match img.channels {
+        1 => rotate_c::<1>(img, radians),
+        3 => rotate_c::<3>(img, radians),
+        _ => {
+            // Any other channel count: one plane at a time.
+            let plane = img.height * img.width;
+            let mut out = Vec::with_capacity(img.data.len());
+            for ch in 0..img.channels {
+                let mut one = Image {
+                    channels: 1,
+                    height: img.height,
+                    width: img.width,
+                    data: img.data[ch * plane..(ch + 1) * plane].to_vec(),
+                };
+                rotate_c::<1>(&mut one, radians);
+                out.extend_from_slice(&one.data);
+            }
+            img.data = out;
+        }
+    }
+}
+
+fn rotate_c<const C: usize>(img: &mut Image, radians: f64) {
+    let (h, w) = (img.height, img.width);
+    if h == 0 || w == 0 || img.channels != C {
+        return;
+    }
+    let (s, co) = (radians.sin() as f32, radians.cos() as f32);
+    let (cy, cx) = ((h as f32 - 1.0) / 2.0, (w as f32 - 1.0) / 2.0);
     let plane = h * w;
-    let src = &img.data;
-    let mut out = vec![0.0f32; src.len()];
-    let (wi, hi) = (w as i64, h as i64);
+    // Padded, interleaved: pixel (y, x) of channel ch at ((y + 1) * pw + x + 1) * C + ch.
+    let pw = w + 2;
+    let mut pad = vec![0.0f32; (h + 2) * pw * C];
+    for ch in 0..C {
+        let src = &img.data[ch * plane..(ch + 1) * plane];
+        for (y, row) in src.chunks_exact(w).enumerate() {
+            let o = ((y + 1) * pw + 1) * C + ch;
+            for (x, &v) in row.iter().enumerate() {
+                pad[o + x * C] = v;
+            }
+        }
+    }
+    let mut out = vec![0.0f32; C * plane];
+    let (lim_x, lim_y) = ((w + 1) as f32, (h + 1) as f32);
+    let stride = pw * C;
     for y in 0..h {
-        let oy = y as f64 - cy;
+        let oy = y as f32 - cy;
+        // Source point of (x, y), in padded coordinates (+1): affine in x.
+        let bx = s * oy + cx + 1.0;
+        let by = co * oy + cy + 1.0;
         for x in 0..w {
-            // Inverse mapping: where in the source output pixel (x, y) comes from.
-            let ox = x as f64 - cx;
-            let sx = co * ox + s * oy + cx;
-            let sy = -s * ox + co * oy + cy;
-            let (x0, y0) = (sx.floor(), sy.floor());
-            let (fx, fy) = ((sx - x0) as f32, (sy - y0) as f32);
-            let (x0, y0) = (x0 as i64, y0 as i64);
-            if x0 < -1 || y0 < -1 || x0 >= wi || y0 >= hi {
+            let ox = x as f32 - cx;
+            let sx = co * ox + bx;
+            let sy = -s * ox + by;
+            if !(sx >= 0.0 && sy >= 0.0 && sx < lim_x && sy < lim_y) {
                 continue;
             }
-            let wts = [
+            // Non-negative, so truncation is floor.
+            let (x0, y0) = (sx as usize, sy as usize);
+            let (fx, fy) = (sx - x0 as f32, sy - y0 as f32);
+            let i = (y0 * pw + x0) * C;
+            let (Some(r0), Some(r1)) = (pad.get(i..i + 2 * C), pad.get(i + stride..i + stride + 2 * C))
+            else {
+                continue;
+            };
+            let (k0, k1, k2, k3) = (
                 (1.0 - fx) * (1.0 - fy),
                 fx * (1.0 - fy),
                 (1.0 - fx) * fy,
                 fx * fy,
-            ];
-            let o = y * w + x;
-            if x0 >= 0 && y0 >= 0 && x0 + 1 < wi && y0 + 1 < hi {
-                let i = y0 as usize * w + x0 as usize;
-                for ch in 0..c {
-                    let p = &src[ch * plane..(ch + 1) * plane];
-                    out[ch * plane + o] = p[i] * wts[0]
-                        + p[i + 1] * wts[1]
-                        + p[i + w] * wts[2]
-                        + p[i + w + 1] * wts[3];
-                }
-            } else {
-                // At the border: only the corners inside the image contribute.
-                let corners = [(y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1)];
-                for ch in 0..c {
-                    let p = &src[ch * plane..(ch + 1) * plane];
-                    let mut v = 0.0;
-                    for (k, &(yy, xx)) in corners.iter().enumerate() {
-                        if yy >= 0 && xx >= 0 && yy < hi && xx < wi {
-                            v += p[yy as usize * w + xx as usize] * wts[k];
-                        }
-                    }
-                    out[ch * plane + o] = v;
-                }
+            );
+            for ch in 0..C {
+                out[ch * plane + y * w + x] =
+                    r0[ch] * k0 + r0[C + ch] * k1 + r1[ch] * k2 + r1[C + ch] * k3;
             }
         }
     }

@@ -89,6 +89,11 @@ pub struct LoaderReport {
     pub load_seconds: f64,
     /// `images / load_seconds`.
     pub images_per_second: f64,
+    /// CPU seconds (user + system, all threads of the process) spent while loading: unlike
+    /// the rate, this does not depend on how many cores other programs leave free.
+    pub cpu_seconds: Option<f64>,
+    /// `1000 * cpu_seconds / images`.
+    pub cpu_ms_per_image: Option<f64>,
     /// The loader stage's counters.
     pub stages: Vec<StageSnapshot>,
 }
@@ -145,6 +150,7 @@ pub fn run(cfg: &PipelineConfig, cancel: Cancel) -> Result<LoaderReport> {
     let stats = Arc::new(StageStats::new("loader"));
     let (tx, mut rx) = tokio::sync::mpsc::channel(cfg.channels.loader_to_extract);
     let t_load = Instant::now();
+    let cpu_start = process_cpu_seconds();
     let loader = {
         let (src, st, c) = (data.train.clone(), stats.clone(), cancel.clone());
         std::thread::Builder::new()
@@ -175,6 +181,9 @@ pub fn run(cfg: &PipelineConfig, cancel: Cancel) -> Result<LoaderReport> {
         })
     });
     let load_seconds = t_load.elapsed().as_secs_f64();
+    let cpu_seconds = process_cpu_seconds()
+        .zip(cpu_start)
+        .map(|(end, start)| end - start);
     let (summary, error) = match result {
         Ok(s) => (s, None),
         Err(e) => (LoaderSummary::default(), Some(e.in_stage("loader"))),
@@ -201,11 +210,37 @@ pub fn run(cfg: &PipelineConfig, cancel: Cancel) -> Result<LoaderReport> {
         open_seconds,
         load_seconds,
         images_per_second: summary.samples as f64 / load_seconds.max(1e-9),
+        cpu_seconds,
+        cpu_ms_per_image: cpu_seconds
+            .filter(|_| summary.samples > 0)
+            .map(|c| 1000.0 * c / summary.samples as f64),
         stages: vec![stats.snapshot()],
     };
     report.write(&cfg.report.path)?;
     match error {
         Some(e) => Err(e),
         None => Ok(report),
+    }
+}
+
+/// User + system CPU seconds of this process so far (every thread), where the OS says.
+fn process_cpu_seconds() -> Option<f64> {
+    #[cfg(unix)]
+    {
+        let mut u = std::mem::MaybeUninit::<libc::rusage>::zeroed();
+        // SAFETY: getrusage writes a whole `rusage` into the pointer it is given, which points
+        // to memory of that type owned by this frame.
+        let rc = unsafe { libc::getrusage(libc::RUSAGE_SELF, u.as_mut_ptr()) };
+        if rc != 0 {
+            return None;
+        }
+        // SAFETY: getrusage returned 0, so it filled the struct (it was zeroed before anyway).
+        let u = unsafe { u.assume_init() };
+        let secs = |t: libc::timeval| t.tv_sec as f64 + t.tv_usec as f64 * 1e-6;
+        Some(secs(u.ru_utime) + secs(u.ru_stime))
+    }
+    #[cfg(not(unix))]
+    {
+        None
     }
 }

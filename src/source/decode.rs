@@ -92,15 +92,24 @@ fn to_planes(img: DynamicImage, channels: usize) -> RawImage {
         let mut chw = vec![0u8; 3 * plane];
         let (r, rest) = chw.split_at_mut(plane);
         let (g, b) = rest.split_at_mut(plane);
-        for (((px, r), g), b) in hwc
-            .chunks_exact(3)
-            .zip(r.iter_mut())
-            .zip(g.iter_mut())
-            .zip(b.iter_mut())
-        {
-            *r = px[0];
-            *g = px[1];
-            *b = px[2];
+        // Blocks of 16 pixels, so that the inner loop has constant bounds.
+        const B: usize = 16;
+        let blocks = hwc
+            .chunks_exact(3 * B)
+            .zip(r.chunks_exact_mut(B))
+            .zip(g.chunks_exact_mut(B))
+            .zip(b.chunks_exact_mut(B));
+        for (((px, rb), gb), bb) in blocks {
+            for j in 0..B {
+                rb[j] = px[3 * j];
+                gb[j] = px[3 * j + 1];
+                bb[j] = px[3 * j + 2];
+            }
+        }
+        for i in plane / B * B..plane {
+            r[i] = hwc[3 * i];
+            g[i] = hwc[3 * i + 1];
+            b[i] = hwc[3 * i + 2];
         }
         chw
     };
