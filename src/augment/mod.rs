@@ -319,6 +319,16 @@ impl Augmenter {
         &self.ops
     }
 
+    /// The size of the first op when it is `resize`: the loader then asks the source for
+    /// images already at that size ([`crate::source::Source::get_resized`]), and the op finds
+    /// nothing left to do.
+    pub fn leading_resize(&self) -> Option<Size> {
+        match self.ops.first() {
+            Some(AugmentOp::Resize { size }) => Some(*size),
+            _ => None,
+        }
+    }
+
     /// The `(channels, height, width)` every image of a source of `input` shape has after the
     /// op list, in training and in evaluation alike. An error (a config problem at
     /// `augment.ops`) when the images keep varying sizes (image files need `resize` to
@@ -447,7 +457,11 @@ fn apply<'a>(
     Ok(match (op, rng) {
         (AugmentOp::Resize { size }, _) => {
             let (oh, ow) = size.resized(h, w);
-            resize_region(buf, full, oh, ow)?
+            if (oh, ow) == (h, w) {
+                buf
+            } else {
+                resize_region(buf, full, oh, ow)?
+            }
         }
         (AugmentOp::CenterCrop { size }, _) => {
             let (oh, ow) = size.square();

@@ -127,6 +127,37 @@ pub(crate) fn resize<T: Resizable>(
     })
 }
 
+/// Resizes a `c`-channel interleaved (HWC) `u8` image, `c` 1 to 4, to `oh x ow` with the
+/// same filter as [`resize`]: per channel the same values as resizing each plane.
+pub(crate) fn resize_interleaved(
+    c: usize,
+    h: usize,
+    w: usize,
+    data: &[u8],
+    oh: usize,
+    ow: usize,
+) -> Result<Vec<u8>, String> {
+    let pixel = match c {
+        1 => fr::PixelType::U8,
+        2 => fr::PixelType::U8x2,
+        3 => fr::PixelType::U8x3,
+        4 => fr::PixelType::U8x4,
+        _ => return Err(format!("cannot resize {c} interleaved channels")),
+    };
+    let mut out = vec![0u8; c * oh * ow];
+    let options = fr::ResizeOptions::new()
+        .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear))
+        .use_alpha(false);
+    let src = fr::images::ImageRef::new(w as u32, h as u32, data, pixel)
+        .map_err(|e| format!("resize: {e}"))?;
+    let mut dst = fr::images::Image::from_slice_u8(ow as u32, oh as u32, &mut out, pixel)
+        .map_err(|e| format!("resize: {e}"))?;
+    RESIZER
+        .with(|r| r.borrow_mut().resize(&src, &mut dst, &options))
+        .map_err(|e| format!("resize: {e}"))?;
+    Ok(out)
+}
+
 /// Rotates about the centre by `radians` (counter-clockwise on screen for positive angles),
 /// bilinear; pixels that come from outside the image are 0.
 ///
@@ -197,8 +228,10 @@ fn rotate_c<const C: usize>(img: &mut Image, radians: f64) {
             let (x0, y0) = (sx as usize, sy as usize);
             let (fx, fy) = (sx - x0 as f32, sy - y0 as f32);
             let i = (y0 * pw + x0) * C;
-            let (Some(r0), Some(r1)) = (pad.get(i..i + 2 * C), pad.get(i + stride..i + stride + 2 * C))
-            else {
+            let (Some(r0), Some(r1)) = (
+                pad.get(i..i + 2 * C),
+                pad.get(i + stride..i + stride + 2 * C),
+            ) else {
                 continue;
             };
             let (k0, k1, k2, k3) = (

@@ -213,6 +213,7 @@ fn build(
 ) -> Result<(SuperBatch, Vec<String>)> {
     let (c, h, w) = shape;
     let channels = source.shape().channels;
+    let resize = aug.leading_resize();
     let per = c * h * w;
     let mut sb = SuperBatch {
         seq: job.seq,
@@ -224,7 +225,11 @@ fn build(
     };
     let mut skipped = Vec::new();
     for &i in &job.indices {
-        let res = source.get(i).and_then(|s| {
+        let sample = match resize {
+            Some(size) => source.get_resized(i, size),
+            None => source.get(i),
+        };
+        let res = sample.and_then(|s| {
             let sample_err = |message: String| Error::Sample {
                 sample: source.locate(i),
                 message,

@@ -15,6 +15,7 @@ use std::io::Cursor;
 use image::{DynamicImage, ImageFormat, ImageReader};
 
 use super::RawImage;
+use crate::augment::Size;
 
 /// Decodes `bytes` (a whole JPEG or PNG file) into `channels` (1 or 3) channels, CHW.
 /// The error is a message without the file name; the caller adds it.
@@ -34,6 +35,17 @@ use super::RawImage;
 /// assert!(saln::source::decode::decode(b"", 3).unwrap_err().contains("empty"));
 /// ```
 pub fn decode(bytes: &[u8], channels: usize) -> Result<RawImage, String> {
+    decode_resized(bytes, channels, None)
+}
+
+/// [`decode`], then resize to `size` (when given) before the channels are split into planes:
+/// the result equals `decode` followed by the augmentation op `resize: { size }`, computed on
+/// the decoder's interleaved pixels, which spares a full-size copy.
+pub fn decode_resized(
+    bytes: &[u8],
+    channels: usize,
+    size: Option<Size>,
+) -> Result<RawImage, String> {
     if bytes.is_empty() {
         return Err("empty file (0 bytes)".into());
     }
@@ -65,7 +77,7 @@ pub fn decode(bytes: &[u8], channels: usize) -> Result<RawImage, String> {
     if img.width() == 0 || img.height() == 0 {
         return Err(format!("image is {}x{}", img.width(), img.height()));
     }
-    Ok(to_planes(img, channels))
+    Ok(to_planes(img, channels, size)?)
 }
 
 /// Whether a JPEG stream has an end-of-image marker (`FF D9`) after its last start-of-scan
@@ -80,15 +92,26 @@ fn jpeg_is_complete(bytes: &[u8]) -> bool {
     }
 }
 
-/// Converts a decoded image to `channels` 8-bit planes (CHW).
-fn to_planes(img: DynamicImage, channels: usize) -> RawImage {
-    let (width, height) = (img.width() as usize, img.height() as usize);
+/// Converts a decoded image to `channels` 8-bit planes (CHW), resized to `size` first.
+fn to_planes(img: DynamicImage, channels: usize, size: Option<Size>) -> Result<RawImage, String> {
+    let (w0, h0) = (img.width() as usize, img.height() as usize);
+    let (height, width) = size.map_or((h0, w0), |s| s.resized(h0, w0));
     let plane = width * height;
-    let data = if channels == 1 {
-        // Grey is already planar: one plane, no transposition.
+    let interleaved = if channels == 1 {
         img.into_luma8().into_raw()
     } else {
-        let hwc = img.into_rgb8().into_raw();
+        img.into_rgb8().into_raw()
+    };
+    let interleaved = if (height, width) == (h0, w0) {
+        interleaved
+    } else {
+        crate::augment::ops::resize_interleaved(channels, h0, w0, &interleaved, height, width)?
+    };
+    let data = if channels == 1 {
+        // Grey is already planar: one plane, no transposition.
+        interleaved
+    } else {
+        let hwc = interleaved;
         let mut chw = vec![0u8; 3 * plane];
         let (r, rest) = chw.split_at_mut(plane);
         let (g, b) = rest.split_at_mut(plane);
@@ -113,12 +136,12 @@ fn to_planes(img: DynamicImage, channels: usize) -> RawImage {
         }
         chw
     };
-    RawImage {
+    Ok(RawImage {
         channels,
         height,
         width,
         data,
-    }
+    })
 }
 
 /// Encodes `img` (CHW, 1 or 3 channels) as PNG or JPEG (quality 90): used by tests and
@@ -277,5 +300,39 @@ mod tests {
             *b ^= 0x5a;
         }
         assert!(decode(&broken, 3).is_err());
+    }
+
+    #[test]
+    fn decoding_at_a_size_equals_decoding_then_the_resize_op() {
+        use crate::augment::{AugmentOp, Augmenter, Size};
+        let img = RawImage {
+            channels: 3,
+            height: 75,
+            width: 100,
+            data: (0..3 * 75 * 100)
+                .map(|i| ((i * 7919) % 253) as u8)
+                .collect(),
+        };
+        for fmt in [ImageFormat::Png, ImageFormat::Jpeg] {
+            let bytes = encode(&img, fmt).unwrap();
+            for size in [
+                Size::Exact([32, 40]),
+                Size::Side(30),
+                Size::Exact([120, 90]),
+            ] {
+                for c in [1, 3] {
+                    let fused = decode_resized(&bytes, c, Some(size)).unwrap();
+                    let op = Augmenter::new(vec![AugmentOp::Resize { size }]);
+                    let full = decode(&bytes, c).unwrap();
+                    let via_op = op.eval(&full).unwrap();
+                    assert_eq!(
+                        (fused.channels, fused.height, fused.width),
+                        (via_op.channels, via_op.height, via_op.width)
+                    );
+                    let as_float = crate::augment::Image::from_raw(&fused);
+                    assert_eq!(as_float.data, via_op.data, "{fmt:?} {size:?} {c} channels");
+                }
+            }
+        }
     }
 }

@@ -8,6 +8,7 @@
 use std::path::PathBuf;
 
 use super::{decode, Sample, Source, SourceShape};
+use crate::augment::Size;
 use crate::error::{Error, Result};
 
 /// Image files with labels.
@@ -49,21 +50,11 @@ impl Source for FileSource {
     }
 
     fn get(&self, index: usize) -> Result<Sample> {
-        let (path, label) = self.entries.get(index).ok_or_else(|| Error::Sample {
-            sample: format!("#{index}"),
-            message: format!("index out of range (0..{})", self.entries.len()),
-        })?;
-        let sample_err = |message: String| Error::Sample {
-            sample: path.display().to_string(),
-            message,
-        };
-        let bytes = std::fs::read(path).map_err(|e| sample_err(format!("cannot read: {e}")))?;
-        let image = decode::decode(&bytes, self.channels).map_err(sample_err)?;
-        Ok(Sample {
-            id: index as u64,
-            label: *label,
-            image,
-        })
+        self.read(index, None)
+    }
+
+    fn get_resized(&self, index: usize, size: Size) -> Result<Sample> {
+        self.read(index, Some(size))
     }
 
     fn locate(&self, index: usize) -> String {
@@ -79,5 +70,25 @@ impl Source for FileSource {
 
     fn shape(&self) -> SourceShape {
         SourceShape::variable(self.channels)
+    }
+}
+
+impl FileSource {
+    fn read(&self, index: usize, size: Option<Size>) -> Result<Sample> {
+        let (path, label) = self.entries.get(index).ok_or_else(|| Error::Sample {
+            sample: format!("#{index}"),
+            message: format!("index out of range (0..{})", self.entries.len()),
+        })?;
+        let sample_err = |message: String| Error::Sample {
+            sample: path.display().to_string(),
+            message,
+        };
+        let bytes = std::fs::read(path).map_err(|e| sample_err(format!("cannot read: {e}")))?;
+        let image = decode::decode_resized(&bytes, self.channels, size).map_err(sample_err)?;
+        Ok(Sample {
+            id: index as u64,
+            label: *label,
+            image,
+        })
     }
 }

@@ -158,6 +158,15 @@ pub trait Source: Send + Sync {
     }
     /// Sample `index` (`0..len()`), or an [`Error::Sample`] naming it.
     fn get(&self, index: usize) -> Result<Sample>;
+    /// Sample `index` resized to `size` (bilinear, antialiased: exactly what the augmentation
+    /// op `resize: { size }` computes). The loader asks for this when the op list starts with
+    /// `resize`: sources of encoded images override it to resize the decoder's interleaved
+    /// pixels before splitting them into planes, which saves a full-size copy. The default
+    /// returns [`Source::get`] unchanged and lets the op do the resizing.
+    fn get_resized(&self, index: usize, size: crate::augment::Size) -> Result<Sample> {
+        let _ = size;
+        self.get(index)
+    }
     /// Where sample `index` comes from, for messages and exports (`file#index`).
     fn locate(&self, index: usize) -> String;
     /// Number of classes.
@@ -296,15 +305,10 @@ impl Source for Converted {
         self.inner.len()
     }
     fn get(&self, index: usize) -> Result<Sample> {
-        let mut s = self.inner.get(index)?;
-        s.image = s
-            .image
-            .to_channels(self.channels)
-            .map_err(|message| Error::Sample {
-                sample: self.locate(index),
-                message,
-            })?;
-        Ok(s)
+        self.convert(index, self.inner.get(index)?)
+    }
+    fn get_resized(&self, index: usize, size: crate::augment::Size) -> Result<Sample> {
+        self.convert(index, self.inner.get_resized(index, size)?)
     }
     fn locate(&self, index: usize) -> String {
         self.inner.locate(index)
@@ -317,6 +321,19 @@ impl Source for Converted {
             channels: self.channels,
             ..self.inner.shape()
         }
+    }
+}
+
+impl Converted {
+    fn convert(&self, index: usize, mut s: Sample) -> Result<Sample> {
+        s.image = s
+            .image
+            .to_channels(self.channels)
+            .map_err(|message| Error::Sample {
+                sample: self.locate(index),
+                message,
+            })?;
+        Ok(s)
     }
 }
 

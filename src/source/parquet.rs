@@ -322,22 +322,11 @@ impl Source for ParquetSource {
     }
 
     fn get(&self, index: usize) -> Result<Sample> {
-        let row = *self.rows.get(index).ok_or_else(|| Error::Sample {
-            sample: format!("#{index}"),
-            message: format!("index out of range (0..{})", self.rows.len()),
-        })?;
-        let err = |message: String| Error::Sample {
-            sample: self.table.locate(row),
-            message,
-        };
-        let label = self.labels[row].ok_or_else(|| err("null label".into()))?;
-        let (off, len) = self.table.spans[row].ok_or_else(|| err("null image".into()))?;
-        let image = decode::decode(&self.table.blob[off..off + len], self.channels).map_err(err)?;
-        Ok(Sample {
-            id: index as u64,
-            label,
-            image,
-        })
+        self.read(index, None)
+    }
+
+    fn get_resized(&self, index: usize, size: crate::augment::Size) -> Result<Sample> {
+        self.read(index, Some(size))
     }
 
     fn locate(&self, index: usize) -> String {
@@ -353,6 +342,28 @@ impl Source for ParquetSource {
 
     fn shape(&self) -> SourceShape {
         SourceShape::variable(self.channels)
+    }
+}
+
+impl ParquetSource {
+    fn read(&self, index: usize, size: Option<crate::augment::Size>) -> Result<Sample> {
+        let row = *self.rows.get(index).ok_or_else(|| Error::Sample {
+            sample: format!("#{index}"),
+            message: format!("index out of range (0..{})", self.rows.len()),
+        })?;
+        let err = |message: String| Error::Sample {
+            sample: self.table.locate(row),
+            message,
+        };
+        let label = self.labels[row].ok_or_else(|| err("null label".into()))?;
+        let (off, len) = self.table.spans[row].ok_or_else(|| err("null image".into()))?;
+        let bytes = &self.table.blob[off..off + len];
+        let image = decode::decode_resized(bytes, self.channels, size).map_err(err)?;
+        Ok(Sample {
+            id: index as u64,
+            label,
+            image,
+        })
     }
 }
 
