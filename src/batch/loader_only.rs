@@ -244,3 +244,91 @@ fn process_cpu_seconds() -> Option<f64> {
         None
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::decode::encode;
+    use crate::source::RawImage;
+
+    fn folder(dir: &std::path::Path, n: usize) {
+        for i in 0..n {
+            let (h, w) = (10 + i % 7, 12 + i % 5);
+            let img = RawImage {
+                channels: 3,
+                height: h,
+                width: w,
+                data: (0..3 * h * w).map(|p| (p * (i + 1) % 256) as u8).collect(),
+            };
+            let p = dir.join(format!("c{}/{i}.jpg", i % 2));
+            std::fs::create_dir_all(p.parent().unwrap()).unwrap();
+            std::fs::write(p, encode(&img, image::ImageFormat::Jpeg).unwrap()).unwrap();
+        }
+    }
+
+    fn yaml(dir: &std::path::Path, report: &std::path::Path, extra: &str) -> PipelineConfig {
+        let text = format!(
+            "seed: 1\nsource:\n  image_folder: {{ train: {}, test_fraction: 0.0 }}\n  on_error: skip\n\
+             augment:\n  workers: 2\n  ops:\n    - resize: {{ size: [8, 8] }}\n    - hflip: {{ p: 0.5 }}\n\
+             superbatch: {{ size: 4 }}\nreport: {{ path: {} }}\n{extra}",
+            dir.display(),
+            report.display()
+        );
+        PipelineConfig::from_yaml_str(&text, "t.yaml").unwrap()
+    }
+
+    #[test]
+    fn a_loader_only_pipeline_reports_images_per_second_and_skips() {
+        let t = tempfile::tempdir().unwrap();
+        let data = t.path().join("data");
+        folder(&data, 10);
+        std::fs::write(data.join("c0/broken.jpg"), b"\xff\xd8\xff not really").unwrap();
+        let report = t.path().join("out/report.json");
+        let cfg = yaml(&data, &report, "loader_only: { epochs: 2 }\n");
+        let r = run(&cfg, Cancel::default()).unwrap();
+        assert_eq!(r.status, Status::Completed);
+        assert_eq!((r.train_samples, r.images, r.skipped), (11, 20, 2));
+        assert_eq!(r.output_shape, [3, 8, 8]);
+        assert!(r.images_per_second > 0.0);
+        assert!(
+            r.first_skipped[0].contains("broken.jpg"),
+            "{:?}",
+            r.first_skipped
+        );
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        assert_eq!(json["mode"], "loader-only");
+        assert_eq!(json["images"], 20);
+        assert_eq!(json["skipped"], 2);
+    }
+
+    #[test]
+    fn a_failing_loader_only_run_writes_a_failed_report_naming_the_file() {
+        let t = tempfile::tempdir().unwrap();
+        let data = t.path().join("data");
+        folder(&data, 4);
+        std::fs::write(data.join("c1/zero.jpg"), b"").unwrap();
+        let report = t.path().join("report.json");
+        let mut cfg = yaml(&data, &report, "loader_only: {}\n");
+        cfg.source.on_error = crate::source::OnError::Fail;
+        let e = run(&cfg, Cancel::default()).unwrap_err().to_string();
+        assert!(e.contains("zero.jpg") && e.contains("empty"), "{e}");
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        assert_eq!(json["status"], "failed");
+        assert!(json["error"].as_str().unwrap().contains("zero.jpg"));
+    }
+
+    #[test]
+    fn loader_only_epochs_must_be_positive() {
+        let t = tempfile::tempdir().unwrap();
+        let text = format!(
+            "source:\n  image_folder: {{ train: {}, test_fraction: 0.0 }}\nloader_only: {{ epochs: 0 }}\n",
+            t.path().display()
+        );
+        let e = PipelineConfig::from_yaml_str(&text, "t.yaml")
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("loader_only.epochs"), "{e}");
+    }
+}
