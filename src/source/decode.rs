@@ -77,7 +77,7 @@ pub fn decode_resized(
     if img.width() == 0 || img.height() == 0 {
         return Err(format!("image is {}x{}", img.width(), img.height()));
     }
-    Ok(to_planes(img, channels, size)?)
+    to_planes(img, channels, size)
 }
 
 /// Whether a JPEG stream has an end-of-image marker (`FF D9`) after its last start-of-scan

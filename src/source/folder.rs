@@ -109,9 +109,12 @@ fn image_files(dir: &Path, out: &mut Vec<PathBuf>) -> Result<()> {
     Ok(())
 }
 
+/// Class names, and `(path, label)` per image.
+type Scan = (Vec<String>, Vec<(PathBuf, i64)>);
+
 /// Scans a folder of the class layout. With `classes` given (the training folder's), the
 /// folder's classes must be among them; otherwise the folder defines the classes.
-fn scan(root: &Path, classes: Option<&[String]>) -> Result<(Vec<String>, Vec<(PathBuf, i64)>)> {
+fn scan(root: &Path, classes: Option<&[String]>) -> Result<Scan> {
     if !root.is_dir() {
         return Err(data_err(
             root,
