@@ -161,88 +161,64 @@ pub(crate) fn resize_interleaved(
 /// Rotates about the centre by `radians` (counter-clockwise on screen for positive angles),
 /// bilinear; pixels that come from outside the image are 0.
 ///
-/// Each output pixel maps back to a source point. The source is first copied, channels
-/// interleaved, into a buffer with a one-pixel zero border: then every point within one pixel
-/// of the image reads its four neighbours (all channels at once, from two short runs of
-/// memory) without bounds tests, points farther out are 0, and the mapping is computed once
-/// per pixel for all channels.
+/// Each output pixel maps back to a source point, computed once for all channels. Points
+/// whose four neighbours are all inside the image (almost all of them for the small angles of
+/// augmentation) take a path without per-neighbour tests; points within one pixel of the
+/// border weigh only the neighbours inside; points farther out stay 0.
 pub(crate) fn rotate(img: &mut Image, radians: f64) {
-    match img.channels {
-        1 => rotate_c::<1>(img, radians),
-        3 => rotate_c::<3>(img, radians),
-        _ => {
-            // Any other channel count: one plane at a time.
-            let plane = img.height * img.width;
-            let mut out = Vec::with_capacity(img.data.len());
-            for ch in 0..img.channels {
-                let mut one = Image {
-                    channels: 1,
-                    height: img.height,
-                    width: img.width,
-                    data: img.data[ch * plane..(ch + 1) * plane].to_vec(),
-                };
-                rotate_c::<1>(&mut one, radians);
-                out.extend_from_slice(&one.data);
-            }
-            img.data = out;
-        }
-    }
-}
-
-fn rotate_c<const C: usize>(img: &mut Image, radians: f64) {
-    let (h, w) = (img.height, img.width);
-    if h == 0 || w == 0 || img.channels != C {
+    let (c, h, w) = (img.channels, img.height, img.width);
+    if h == 0 || w == 0 {
         return;
     }
     let (s, co) = (radians.sin() as f32, radians.cos() as f32);
     let (cy, cx) = ((h as f32 - 1.0) / 2.0, (w as f32 - 1.0) / 2.0);
     let plane = h * w;
-    // Padded, interleaved: pixel (y, x) of channel ch at ((y + 1) * pw + x + 1) * C + ch.
-    let pw = w + 2;
-    let mut pad = vec![0.0f32; (h + 2) * pw * C];
-    for ch in 0..C {
-        let src = &img.data[ch * plane..(ch + 1) * plane];
-        for (y, row) in src.chunks_exact(w).enumerate() {
-            let o = ((y + 1) * pw + 1) * C + ch;
-            for (x, &v) in row.iter().enumerate() {
-                pad[o + x * C] = v;
-            }
-        }
-    }
-    let mut out = vec![0.0f32; C * plane];
-    let (lim_x, lim_y) = ((w + 1) as f32, (h + 1) as f32);
-    let stride = pw * C;
+    let planes: Vec<&[f32]> = img.data.chunks_exact(plane).collect();
+    let mut out = vec![0.0f32; c * plane];
+    let (wf, hf) = (w as f32, h as f32);
+    let (wi, hi) = (w as isize, h as isize);
     for y in 0..h {
         let oy = y as f32 - cy;
-        // Source point of (x, y), in padded coordinates (+1): affine in x.
-        let bx = s * oy + cx + 1.0;
-        let by = co * oy + cy + 1.0;
+        // Source point of (x, y): affine in x.
+        let bx = s * oy + cx;
+        let by = co * oy + cy;
         for x in 0..w {
             let ox = x as f32 - cx;
             let sx = co * ox + bx;
             let sy = -s * ox + by;
-            if !(sx >= 0.0 && sy >= 0.0 && sx < lim_x && sy < lim_y) {
+            if !(sx > -1.0 && sy > -1.0 && sx < wf && sy < hf) {
                 continue;
             }
-            // Non-negative, so truncation is floor.
-            let (x0, y0) = (sx as usize, sy as usize);
+            // sx + 1 > 0, so truncation is floor.
+            let x0 = (sx + 1.0) as isize - 1;
+            let y0 = (sy + 1.0) as isize - 1;
             let (fx, fy) = (sx - x0 as f32, sy - y0 as f32);
-            let i = (y0 * pw + x0) * C;
-            let (Some(r0), Some(r1)) = (
-                pad.get(i..i + 2 * C),
-                pad.get(i + stride..i + stride + 2 * C),
-            ) else {
-                continue;
-            };
-            let (k0, k1, k2, k3) = (
+            let k = [
                 (1.0 - fx) * (1.0 - fy),
                 fx * (1.0 - fy),
                 (1.0 - fx) * fy,
                 fx * fy,
-            );
-            for ch in 0..C {
-                out[ch * plane + y * w + x] =
-                    r0[ch] * k0 + r0[C + ch] * k1 + r1[ch] * k2 + r1[C + ch] * k3;
+            ];
+            let o = y * w + x;
+            if x0 >= 0 && y0 >= 0 && x0 + 1 < wi && y0 + 1 < hi {
+                let i = y0 as usize * w + x0 as usize;
+                for (ch, p) in planes.iter().enumerate() {
+                    if let (Some(r0), Some(r1)) = (p.get(i..i + 2), p.get(i + w..i + w + 2)) {
+                        out[ch * plane + o] =
+                            r0[0] * k[0] + r0[1] * k[1] + r1[0] * k[2] + r1[1] * k[3];
+                    }
+                }
+            } else {
+                let corners = [(y0, x0), (y0, x0 + 1), (y0 + 1, x0), (y0 + 1, x0 + 1)];
+                for (ch, p) in planes.iter().enumerate() {
+                    let mut v = 0.0;
+                    for (&(yy, xx), &kk) in corners.iter().zip(&k) {
+                        if yy >= 0 && xx >= 0 && yy < hi && xx < wi {
+                            v += p[yy as usize * w + xx as usize] * kk;
+                        }
+                    }
+                    out[ch * plane + o] = v;
+                }
             }
         }
     }
