@@ -5,14 +5,14 @@
 # the same transforms (resize 224x224, flip, rotation 15 degrees, brightness 0.2, normalise)
 # and the same number of worker threads. Prints both rates and their ratio.
 #
-#   scripts/bench-loader.sh                 # 3000 images, 2 workers, best of 2 runs each
+#   scripts/bench-loader.sh                 # 3000 images, 2 workers, median of 3 runs each
 #   N=1000 WORKERS=2 REPEAT=1 VARIANT=pil scripts/bench-loader.sh
 set -euo pipefail
 cd "$(dirname "$0")/.."
 . scripts/env.sh
 N=${N:-3000}
 WORKERS=${WORKERS:-2}
-REPEAT=${REPEAT:-2}
+REPEAT=${REPEAT:-3}
 VARIANT=${VARIANT:-tensor}
 PY="$SALN_VENV/bin/python"
 OUT=target/bench-loader
@@ -54,11 +54,10 @@ for r in $(seq "$REPEAT"); do
   echo "run $r  $(head -1 <<<"$out")" >&2
   torch_rates+=("$(rate <<<"$out")"); torch_cpu+=("$(cpums <<<"$out")")
 done
-max() { printf '%s\n' "$@" | sort -g | tail -1; }
-min() { printf '%s\n' "$@" | sort -g | head -1; }
-saln=$(max "${saln_rates[@]}"); torch=$(max "${torch_rates[@]}")
-saln_c=$(min "${saln_cpu[@]}"); torch_c=$(min "${torch_cpu[@]}")
-echo "images: $N JPEGs of about 500x375 ($DIR), $WORKERS workers, batch 64, best of $REPEAT"
+median() { printf '%s\n' "$@" | sort -g | awk '{ v[NR] = $1 } END { print (NR % 2 ? v[(NR + 1) / 2] : (v[NR / 2] + v[NR / 2 + 1]) / 2) }'; }
+saln=$(median "${saln_rates[@]}"); torch=$(median "${torch_rates[@]}")
+saln_c=$(median "${saln_cpu[@]}"); torch_c=$(median "${torch_cpu[@]}")
+echo "images: $N JPEGs of about 500x375 ($DIR), $WORKERS workers, batch 64, median of $REPEAT alternating runs"
 echo "load average now: $(cut -d' ' -f1-3 /proc/loadavg) on $(nproc) cores (the rate depends on it, CPU ms per image much less)"
 printf '%-28s %9s %12s\n' "" "images/s" "CPU ms/image"
 printf '%-28s %9.1f %12.2f\n' "saln loader-only" "$saln" "$saln_c"

@@ -571,4 +571,27 @@ mod tests {
         let e = Split::new(10, 10, None, 1).unwrap_err();
         assert!(e.to_string().contains("source.holdout"), "{e}");
     }
+
+    /// Every YAML example in docs/sources.md parses (fragments get a minimal `source`).
+    #[test]
+    fn the_yaml_examples_in_the_docs_parse() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/sources.md"))
+            .unwrap();
+        let blocks: Vec<&str> = doc
+            .split("```yaml\n")
+            .skip(1)
+            .map(|b| b.split("```").next().unwrap())
+            .collect();
+        assert!(blocks.len() >= 7, "{} yaml blocks", blocks.len());
+        for b in blocks {
+            let text = if b.contains("source:") {
+                b.to_string()
+            } else {
+                format!("source:\n  idx: {{ dir: /tmp/x }}\n{b}")
+            };
+            if let Err(e) = crate::config::PipelineConfig::from_yaml_str(&text, "docs/sources.md") {
+                panic!("{e}\n{text}");
+            }
+        }
+    }
 }
