@@ -377,7 +377,8 @@ impl Augmenter {
         match size {
             Some((h, w)) => Ok((c, h, w)),
             None => Err(issue(
-                "the images of this source vary in size and the op list does not bring them to                  one: add `resize: { size: [H, W] }`, `center_crop` or `random_resized_crop`"
+                "the images of this source vary in size and the op list does not bring them to \
+                 one: add `resize: { size: [H, W] }`, `center_crop` or `random_resized_crop`"
                     .into(),
             )),
         }
