@@ -12,7 +12,7 @@ CARGO ?= cargo
 PIPELINE ?= pipelines/fashion-mnist.yaml
 BIN := target/release/saln-pipe
 
-.PHONY: all setup build demo test bench lint clean-results fixtures eval
+.PHONY: all setup build demo test bench bench-loader lint fixtures eval
 
 all: build
 
@@ -30,6 +30,16 @@ demo: build
 EVAL ?= pipelines/eval-fashion-mnist.yaml
 eval: build
 	$(BIN) eval $(EVAL)
+
+# Benchmarks that print figures (ratios against a baseline measured in the same run).
+bench: build
+	$(BIN) bench selection
+
+# The input side against PyTorch's DataLoader on 3000 generated JPEG photographs, and the
+# loader's peak memory over 20k vs 1k images (docs/sources.md, "Measurements").
+bench-loader: setup
+	scripts/bench-loader.sh
+	scripts/mem-loader.sh
 
 test: setup fixtures
 	$(CARGO) test --release --locked --all-targets

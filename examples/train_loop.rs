@@ -63,12 +63,14 @@ pub fn train(
             Default::default(),
         ));
     let mut opt = nn::Adam::default().build(&vs, 2e-3)?;
-    let (test_x, test_y) = saln::train::eval_set(
+    let test = saln::train::eval_set(
         info.data.test.as_ref(),
         &info.augmenter,
         cfg.source.test_limit,
+        cfg.source.on_error,
         info.device,
     )?;
+    let (test_x, test_y) = (test.x, test.y);
 
     let (mut losses, mut samples, mut accuracy) = (Vec::new(), 0, 0.0);
     for item in &mut loader {

@@ -37,21 +37,33 @@ pub struct DataReport {
     pub holdout_samples: usize,
     /// Test samples evaluated on.
     pub test_samples: usize,
-    /// Samples skipped as unreadable (`on_error: skip`), over all epochs.
+    /// Training samples skipped as unreadable (`on_error: skip`), over all epochs.
     pub skipped: u64,
-    /// The first skipped samples and why.
+    /// The first skipped training samples and why.
     pub first_skipped: Vec<String>,
+    /// Test samples skipped as unreadable (`on_error: skip`); `test_samples` excludes them.
+    pub test_skipped: u64,
+    /// The first skipped test samples and why.
+    pub test_first_skipped: Vec<String>,
 }
 
 impl DataReport {
-    /// The figures of a run on `info`'s data, evaluated on `test_samples` test samples.
-    pub fn new(info: &RunInfo, test_samples: usize, loader: LoaderSummary) -> DataReport {
+    /// The figures of a run on `info`'s data, evaluated on `test_samples` test samples after
+    /// `test_skipped` (count, first few) were left out.
+    pub fn new(
+        info: &RunInfo,
+        test_samples: usize,
+        test_skipped: (u64, Vec<String>),
+        loader: LoaderSummary,
+    ) -> DataReport {
         DataReport {
             learner_samples: info.split.learner.len(),
             holdout_samples: info.split.holdout.len(),
             test_samples,
             skipped: loader.skipped,
             first_skipped: loader.first_skipped,
+            test_skipped: test_skipped.0,
+            test_first_skipped: test_skipped.1,
         }
     }
 }

@@ -7,7 +7,15 @@
 //! random stream derived from `(seed, epoch, sample id)`. Together these make the output a
 //! function of the seed alone: 1, 2 or 8 workers give byte-identical super-batches.
 //!
-//! Memory is bounded by `prefetch + channel capacity` super-batches.
+//! Data-parallel training: with a [`Shard`] (`superbatch.shard`, or torchrun's `RANK` and
+//! `WORLD_SIZE`), every rank computes the same epoch order and takes every `world_size`-th
+//! sample of it, starting at its rank, as PyTorch's `DistributedSampler` does. The shares of
+//! one epoch are disjoint and together cover the data set; every rank gets the same number of
+//! samples, hence of super-batches, by dropping the last `n mod world_size` samples of the
+//! epoch order (`uneven: drop`) or repeating its first ones (`uneven: pad`).
+//!
+//! Memory is bounded by `prefetch + channel capacity` super-batches; the epoch orders are
+//! computed one epoch at a time as the jobs are handed out.
 use crate::config::Issues;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
@@ -20,6 +28,8 @@ use crate::pipeline::{Cancel, Msg, StageStats};
 use crate::rng::{self, Rng};
 use crate::source::OnError;
 use crate::source::Source;
+
+pub mod loader_only;
 
 /// One super-batch of augmented images, ready for the extractor.
 #[derive(Debug, Clone, PartialEq)]
@@ -74,6 +84,97 @@ pub struct LoaderPlan {
     pub prefetch: usize,
     /// Bad-sample policy.
     pub on_error: OnError,
+    /// This process's share of the data (data-parallel training); `Shard::default()` is
+    /// the whole data set.
+    pub shard: Shard,
+}
+
+impl LoaderPlan {
+    /// The plan a pipeline's config asks for over `indices` (the learner's share): sizes,
+    /// seed, workers, prefetch, bad-sample policy and shard from `cfg`.
+    pub fn from_config(
+        cfg: &crate::config::PipelineConfig,
+        indices: Vec<usize>,
+        epochs: usize,
+    ) -> Result<LoaderPlan> {
+        Ok(LoaderPlan {
+            indices,
+            epochs,
+            size: cfg.superbatch.size,
+            drop_last: cfg.superbatch.drop_last,
+            seed: cfg.seed,
+            workers: cfg.augment.workers,
+            prefetch: cfg.superbatch.prefetch,
+            on_error: cfg.source.on_error,
+            shard: cfg.superbatch.shard.resolve()?,
+        })
+    }
+}
+
+/// What to do when the data set does not divide evenly among the ranks.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Uneven {
+    /// Leave out the last `n mod world_size` samples of each epoch's order (a different few
+    /// every epoch, since the order is reshuffled).
+    #[default]
+    Drop,
+    /// Repeat the first samples of the epoch order until every rank has `ceil(n / world_size)`.
+    Pad,
+}
+
+/// One rank's share of the data set.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct Shard {
+    /// This process's rank, `0..world_size`.
+    pub rank: usize,
+    /// Number of processes.
+    pub world_size: usize,
+    /// Uneven division policy.
+    pub uneven: Uneven,
+}
+
+impl Default for Shard {
+    fn default() -> Self {
+        Shard {
+            rank: 0,
+            world_size: 1,
+            uneven: Uneven::Drop,
+        }
+    }
+}
+
+impl Shard {
+    /// Samples per rank for a data set of `n`.
+    pub fn share_len(&self, n: usize) -> usize {
+        let ws = self.world_size.max(1);
+        match self.uneven {
+            Uneven::Drop => n / ws,
+            Uneven::Pad if n == 0 => 0,
+            Uneven::Pad => n.div_ceil(ws),
+        }
+    }
+
+    /// This rank's part of an epoch order: positions `rank, rank + world_size, ...` of the
+    /// order, cut (`drop`) or cyclically extended (`pad`) to `world_size * share_len`.
+    ///
+    /// ```
+    /// use saln::batch::{Shard, Uneven};
+    /// let order: Vec<usize> = (0..10).collect();
+    /// let pad = |rank| Shard { rank, world_size: 4, uneven: Uneven::Pad }.share(&order);
+    /// assert_eq!(pad(1), vec![1, 5, 9]);
+    /// assert_eq!(pad(3), vec![3, 7, 1]); // padded with the order's first samples
+    /// let drop = Shard { rank: 3, world_size: 4, uneven: Uneven::Drop };
+    /// assert_eq!(drop.share(&order), vec![3, 7]);
+    /// ```
+    pub fn share(&self, order: &[usize]) -> Vec<usize> {
+        let ws = self.world_size.max(1);
+        let total = self.share_len(order.len()) * ws;
+        (self.rank..total)
+            .step_by(ws)
+            .map(|i| order[i % order.len()])
+            .collect()
+    }
 }
 
 /// The order of `indices` in `epoch`: a permutation drawn from `(seed, epoch)`.
@@ -83,13 +184,25 @@ pub fn epoch_order(indices: &[usize], seed: u64, epoch: usize) -> Vec<usize> {
     order
 }
 
-/// The super-batches (lists of source indices) of one epoch.
+/// The super-batches (lists of source indices) of one epoch, for this plan's shard.
 pub fn epoch_superbatches(plan: &LoaderPlan, epoch: usize) -> Vec<Vec<usize>> {
-    epoch_order(&plan.indices, plan.seed, epoch)
-        .chunks(plan.size)
+    plan.shard
+        .share(&epoch_order(&plan.indices, plan.seed, epoch))
+        .chunks(plan.size.max(1))
         .filter(|c| !(plan.drop_last && c.len() < plan.size))
         .map(<[usize]>::to_vec)
         .collect()
+}
+
+/// Super-batches per epoch (the same every epoch and on every rank).
+pub fn superbatches_per_epoch(plan: &LoaderPlan) -> usize {
+    let m = plan.shard.share_len(plan.indices.len());
+    let size = plan.size.max(1);
+    if plan.drop_last {
+        m / size
+    } else {
+        m.div_ceil(size)
+    }
 }
 
 /// Super-batch `seq` (global, 0-based, counted across epochs) of `plan`, decoded and
@@ -102,25 +215,21 @@ pub fn superbatch_at(
     plan: &LoaderPlan,
     seq: u64,
 ) -> Result<Option<(SuperBatch, Vec<String>)>> {
-    let total: u64 = (0..plan.epochs)
-        .map(|e| epoch_superbatches(plan, e).len() as u64)
-        .sum();
-    let mut first = 0u64;
-    for epoch in 0..plan.epochs {
-        let sbs = epoch_superbatches(plan, epoch);
-        let n = sbs.len() as u64;
-        if seq < first + n {
-            let job = Job {
-                seq,
-                epoch,
-                progress: seq as f64 / total.max(1) as f64,
-                indices: sbs[(seq - first) as usize].clone(),
-            };
-            return build(source, aug, plan.seed, plan.on_error, &job).map(Some);
-        }
-        first += n;
+    let shape = aug.output_shape(source.shape())?;
+    let per_epoch = superbatches_per_epoch(plan) as u64;
+    let total = per_epoch * plan.epochs as u64;
+    if seq >= total {
+        return Ok(None);
     }
-    Ok(None)
+    let epoch = (seq / per_epoch) as usize;
+    let mut sbs = epoch_superbatches(plan, epoch);
+    let job = Job {
+        seq,
+        epoch,
+        progress: seq as f64 / total as f64,
+        indices: sbs.swap_remove((seq % per_epoch) as usize),
+    };
+    build(source, aug, shape, plan.seed, plan.on_error, &job).map(Some)
 }
 
 /// What the loader did, for the report.
@@ -149,15 +258,18 @@ struct Done {
     result: Result<(SuperBatch, Vec<String>)>,
 }
 
-/// Decodes and augments one super-batch.
+/// Decodes and augments one super-batch; every image must come out as `shape`.
 fn build(
     source: &dyn Source,
     aug: &Augmenter,
+    shape: (usize, usize, usize),
     seed: u64,
     on_error: OnError,
     job: &Job,
 ) -> Result<(SuperBatch, Vec<String>)> {
-    let (c, h, w) = source.shape();
+    let (c, h, w) = shape;
+    let channels = source.shape().channels;
+    let resize = aug.leading_resize();
     let per = c * h * w;
     let mut sb = SuperBatch {
         seq: job.seq,
@@ -171,31 +283,40 @@ fn build(
     };
     let mut skipped = Vec::new();
     for &i in &job.indices {
-        let res = source.get(i).and_then(|s| {
+        let sample = match resize {
+            Some(size) => source.get_resized(i, size),
+            None => source.get(i),
+        };
+        let res = sample.and_then(|s| {
+            let sample_err = |message: String| Error::Sample {
+                sample: source.locate(i),
+                message,
+            };
+            if s.image.channels != channels {
+                return Err(sample_err(format!(
+                    "image has {} channels but the data set's images have {channels}",
+                    s.image.channels
+                )));
+            }
             let mut r = Rng::derive(seed, &[rng::AUGMENT, job.epoch as u64, s.id]);
-            let img = aug.train(&s.image, &mut r).map_err(|e| match e {
-                Error::Sample { message, .. } => Error::Sample {
-                    sample: source.locate(i),
-                    message,
-                },
+            let img = aug.train_owned(s.image, &mut r).map_err(|e| match e {
+                Error::Sample { message, .. } => sample_err(message),
                 e => e,
             })?;
-            if img.data.len() != per {
-                return Err(Error::Sample {
-                    sample: source.locate(i),
-                    message: format!(
-                        "image is {}x{}x{} but the data set's shape is {c}x{h}x{w}",
-                        img.channels, img.height, img.width
-                    ),
-                });
+            if (img.channels, img.height, img.width) != (c, h, w) {
+                return Err(sample_err(format!(
+                    "image comes out of the augmentation ops as {}x{}x{}, not {c}x{h}x{w} \
+                     like the others",
+                    img.channels, img.height, img.width
+                )));
             }
-            Ok((s, img))
+            Ok((s.id, s.label, img))
         });
         match res {
-            Ok((s, img)) => {
-                sb.ids.push(s.id);
+            Ok((id, label, img)) => {
+                sb.ids.push(id);
                 sb.indices.push(i);
-                sb.labels.push(s.label);
+                sb.labels.push(label);
                 sb.pixels.extend_from_slice(&img.data);
             }
             Err(e) if on_error == OnError::Skip => skipped.push(e.to_string()),
@@ -215,29 +336,32 @@ pub fn run_loader(
     stats: &Arc<StageStats>,
     cancel: &Cancel,
 ) -> Result<LoaderSummary> {
-    let epochs: Vec<Vec<Vec<usize>>> = (0..plan.epochs)
-        .map(|e| epoch_superbatches(&plan, e))
-        .collect();
-    let total: u64 = epochs.iter().map(|e| e.len() as u64).sum();
-    // Which sequence number closes each epoch (none for an epoch without super-batches).
-    let epoch_last: Vec<Option<u64>> = epochs
-        .iter()
-        .scan(0u64, |seq, sbs| {
-            *seq += sbs.len() as u64;
-            Some((!sbs.is_empty()).then(|| *seq - 1))
-        })
-        .collect();
-    let mut jobs = epochs
-        .into_iter()
-        .enumerate()
-        .flat_map(|(epoch, sbs)| sbs.into_iter().map(move |indices| (epoch, indices)))
-        .enumerate()
-        .map(|(seq, (epoch, indices))| Job {
-            seq: seq as u64,
-            epoch,
-            progress: seq as f64 / total.max(1) as f64,
-            indices,
-        });
+    let shape = aug.output_shape(source.shape())?;
+    let per_epoch = superbatches_per_epoch(&plan) as u64;
+    let total = per_epoch * plan.epochs as u64;
+    // Jobs are made one epoch at a time, as they are handed out: memory holds one epoch
+    // order, not all of them.
+    let mut jobs = {
+        let plan = plan.clone();
+        (0..plan.epochs)
+            .flat_map(move |epoch| {
+                epoch_superbatches(&plan, epoch)
+                    .into_iter()
+                    .map(move |indices| (epoch, indices))
+            })
+            .enumerate()
+            .map(move |(seq, (epoch, indices))| Job {
+                seq: seq as u64,
+                epoch,
+                progress: seq as f64 / total.max(1) as f64,
+                indices,
+            })
+    };
+    // The sequence number that closes `epoch` (every epoch has `per_epoch` super-batches).
+    let epoch_last = |epoch: usize| -> Option<u64> {
+        (per_epoch > 0).then(|| (epoch as u64 + 1) * per_epoch - 1)
+    };
+
     let (job_tx, job_rx) = crossbeam_channel::bounded::<Job>(plan.prefetch.max(1));
     let (done_tx, done_rx) = crossbeam_channel::unbounded::<Done>();
     let mut workers = Vec::with_capacity(plan.workers);
@@ -251,7 +375,8 @@ pub fn run_loader(
                 for job in job_rx {
                     let (seq, epoch) = (job.seq, job.epoch);
                     let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        stats.time_busy(|| build(source.as_ref(), &aug, seed, on_error, &job))
+                        stats
+                            .time_busy(|| build(source.as_ref(), &aug, shape, seed, on_error, &job))
                     }))
                     .unwrap_or_else(|p| {
                         Err(Error::Panic {
@@ -276,7 +401,7 @@ pub fn run_loader(
         let mut pending: BTreeMap<u64, Done> = BTreeMap::new();
         let mut next = 0u64;
         let emit_epoch_end = |epoch: usize, seq: u64| -> Option<usize> {
-            (epoch_last[epoch] == Some(seq)).then_some(epoch)
+            (epoch_last(epoch) == Some(seq)).then_some(epoch)
         };
         while next < total {
             if cancel.is_cancelled() {
@@ -356,6 +481,97 @@ pub struct SuperBatchConfig {
     /// Drop the last, incomplete super-batch of each epoch (default: keep it, nothing lost).
     #[serde(default)]
     pub drop_last: bool,
+    /// Data-parallel sharding: which share of every epoch this process loads.
+    #[serde(default)]
+    pub shard: ShardConfig,
+}
+
+/// Data-parallel sharding (`superbatch.shard`). Unset values come from the `RANK` and
+/// `WORLD_SIZE` environment variables that `torchrun` sets, else rank 0 of 1.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ShardConfig {
+    /// This process's rank, `0..world_size` (default: `$RANK`, else 0).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub rank: Option<usize>,
+    /// Number of processes (default: `$WORLD_SIZE`, else 1).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub world_size: Option<usize>,
+    /// When the data set does not divide evenly: `drop` the last few samples of each epoch
+    /// order, or `pad` by repeating its first ones. Either way every rank gets the same number
+    /// of samples and super-batches.
+    #[serde(default)]
+    pub uneven: Uneven,
+}
+
+impl ShardConfig {
+    /// The shard, with unset values from the process environment.
+    pub fn resolve(&self) -> Result<Shard> {
+        self.resolve_with(|k| std::env::var(k).ok())
+    }
+
+    /// The shard, with unset values from `env` (a lookup such as `std::env::var`).
+    pub fn resolve_with(&self, env: impl Fn(&str) -> Option<String>) -> Result<Shard> {
+        let mut issues = Vec::new();
+        let mut get = |set: Option<usize>, var: &str, key: &str, default: usize| match set {
+            Some(v) => v,
+            None => match env(var) {
+                None => default,
+                Some(text) => text.trim().parse().unwrap_or_else(|_| {
+                    issues.push(crate::error::ConfigIssue {
+                        line: None,
+                        key: format!("superbatch.shard.{key}"),
+                        message: format!("${var} is `{text}`, not a whole number"),
+                    });
+                    default
+                }),
+            },
+        };
+        let rank = get(self.rank, "RANK", "rank", 0);
+        let world_size = get(self.world_size, "WORLD_SIZE", "world_size", 1);
+        if world_size == 0 {
+            issues.push(crate::error::ConfigIssue {
+                line: None,
+                key: "superbatch.shard.world_size".into(),
+                message: "must be at least 1".into(),
+            });
+        } else if rank >= world_size {
+            issues.push(crate::error::ConfigIssue {
+                line: None,
+                key: "superbatch.shard.rank".into(),
+                message: format!(
+                    "rank {rank} is not below world_size {world_size} (from the config, or $RANK / $WORLD_SIZE)"
+                ),
+            });
+        }
+        if issues.is_empty() {
+            Ok(Shard {
+                rank,
+                world_size,
+                uneven: self.uneven,
+            })
+        } else {
+            Err(Error::ConfigInvalid {
+                path: "<config>".into(),
+                issues,
+            })
+        }
+    }
+
+    /// Adds this block's problems to `v` (values given in the config; the environment is
+    /// read by [`ShardConfig::resolve`]).
+    pub fn validate(&self, v: &mut Issues) {
+        if let Some(ws) = self.world_size {
+            v.check(ws > 0, "superbatch.shard.world_size", || {
+                "must be at least 1".into()
+            });
+            if let Some(r) = self.rank {
+                v.check(ws == 0 || r < ws, "superbatch.shard.rank", || {
+                    format!("rank {r} is not below world_size {ws}")
+                });
+            }
+        }
+    }
 }
 
 pub(crate) fn d_prefetch() -> usize {
@@ -374,6 +590,7 @@ impl SuperBatchConfig {
         v.check(self.prefetch > 0, "superbatch.prefetch", || {
             "must be at least 1".into()
         });
+        self.shard.validate(v);
     }
 }
 
@@ -409,6 +626,7 @@ mod tests {
             workers,
             prefetch: 3,
             on_error: OnError::Fail,
+            shard: Shard::default(),
         }
     }
 
@@ -504,7 +722,7 @@ mod tests {
         fn num_classes(&self) -> usize {
             10
         }
-        fn shape(&self) -> (usize, usize, usize) {
+        fn shape(&self) -> crate::source::SourceShape {
             self.0.shape()
         }
     }
@@ -553,5 +771,391 @@ mod tests {
         )
         .unwrap();
         assert!(s.superbatches <= 1);
+    }
+
+    // ---- sharding ----
+
+    fn sharded(n: usize, size: usize, drop_last: bool, shard: Shard) -> LoaderPlan {
+        LoaderPlan {
+            indices: (100..100 + n).collect(),
+            epochs: 2,
+            size,
+            drop_last,
+            seed: 5,
+            workers: 1,
+            prefetch: 1,
+            on_error: OnError::Fail,
+            shard,
+        }
+    }
+
+    proptest::proptest! {
+        #![proptest_config(proptest::prelude::ProptestConfig::with_cases(400))]
+        /// Shares of one epoch are disjoint, cover the data set (all of it with `pad`, all but
+        /// `n mod world_size` with `drop`), and every rank gets the same number of samples and
+        /// super-batches, for world sizes 1 to 8 and sizes that do not divide evenly.
+        #[test]
+        fn shards_are_disjoint_complete_and_equal(
+            n in 1usize..300,
+            world_size in 1usize..=8,
+            size in 2usize..40,
+            drop_last: bool,
+            pad: bool,
+            epoch in 0usize..3,
+        ) {
+            let uneven = if pad { Uneven::Pad } else { Uneven::Drop };
+            let mut seen: Vec<usize> = Vec::new();
+            let mut counts = Vec::new();
+            for rank in 0..world_size {
+                let p = sharded(n, size, drop_last, Shard { rank, world_size, uneven });
+                let order = epoch_order(&p.indices, p.seed, epoch);
+                let share = p.shard.share(&order);
+                proptest::prop_assert_eq!(share.len(), p.shard.share_len(n));
+                seen.extend(&share);
+                let sbs = epoch_superbatches(&p, epoch);
+                proptest::prop_assert_eq!(sbs.len(), superbatches_per_epoch(&p));
+                counts.push(sbs.len());
+            }
+            proptest::prop_assert!(counts.iter().all(|&c| c == counts[0]), "{:?}", counts);
+            let total = seen.len();
+            seen.sort_unstable();
+            let distinct = { let mut d = seen.clone(); d.dedup(); d };
+            proptest::prop_assert!(distinct.iter().all(|i| (100..100 + n).contains(i)));
+            if pad {
+                proptest::prop_assert_eq!(distinct.len(), n, "pad covers everything");
+                proptest::prop_assert_eq!(total, n.div_ceil(world_size) * world_size);
+            } else {
+                proptest::prop_assert_eq!(distinct.len(), total, "drop: disjoint");
+                proptest::prop_assert_eq!(total, n - n % world_size);
+            }
+        }
+    }
+
+    #[test]
+    fn pad_repeats_deterministically_and_drop_changes_per_epoch() {
+        let p = |rank| {
+            sharded(
+                10,
+                2,
+                false,
+                Shard {
+                    rank,
+                    world_size: 4,
+                    uneven: Uneven::Pad,
+                },
+            )
+        };
+        let a = epoch_superbatches(&p(3), 0);
+        assert_eq!(a, epoch_superbatches(&p(3), 0));
+        let order = epoch_order(&p(0).indices, 5, 0);
+        // Rank 3 gets positions 3, 7 and then 11 = 1 mod 10 (the second sample of the order).
+        assert_eq!(a.concat(), vec![order[3], order[7], order[1]]);
+        let d = |epoch| {
+            let q = sharded(
+                10,
+                2,
+                false,
+                Shard {
+                    rank: 0,
+                    world_size: 4,
+                    uneven: Uneven::Drop,
+                },
+            );
+            let order = epoch_order(&q.indices, 5, epoch);
+            order[8..].to_vec()
+        };
+        assert_ne!(d(0), d(1), "the dropped samples differ between epochs");
+    }
+
+    #[test]
+    fn shard_comes_from_torchrun_variables_unless_configured() {
+        let env = |vars: &'static [(&'static str, &'static str)]| {
+            move |k: &str| {
+                vars.iter()
+                    .find(|(n, _)| *n == k)
+                    .map(|(_, v)| v.to_string())
+            }
+        };
+        let none = ShardConfig::default();
+        assert_eq!(none.resolve_with(env(&[])).unwrap(), Shard::default());
+        let s = none
+            .resolve_with(env(&[("RANK", "2"), ("WORLD_SIZE", "4")]))
+            .unwrap();
+        assert_eq!((s.rank, s.world_size), (2, 4));
+        let cfg = ShardConfig {
+            rank: Some(1),
+            world_size: None,
+            uneven: Uneven::Pad,
+        };
+        let s = cfg
+            .resolve_with(env(&[("RANK", "2"), ("WORLD_SIZE", "4")]))
+            .unwrap();
+        assert_eq!((s.rank, s.world_size, s.uneven), (1, 4, Uneven::Pad));
+        let e = none
+            .resolve_with(env(&[("RANK", "x"), ("WORLD_SIZE", "4")]))
+            .unwrap_err()
+            .to_string();
+        assert!(
+            e.contains("superbatch.shard.rank") && e.contains("$RANK"),
+            "{e}"
+        );
+        let e = none
+            .resolve_with(env(&[("RANK", "4"), ("WORLD_SIZE", "4")]))
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("not below world_size 4"), "{e}");
+    }
+
+    #[test]
+    fn sharded_loaders_emit_disjoint_equal_streams() {
+        let n = 103;
+        let mut all = Vec::new();
+        let mut counts = Vec::new();
+        for rank in 0..4 {
+            let mut p = plan(n, 2);
+            p.shard = Shard {
+                rank,
+                world_size: 4,
+                uneven: Uneven::Drop,
+            };
+            let (msgs, summary) = collect(synthetic(n), p);
+            counts.push(summary.superbatches);
+            for m in msgs {
+                if let Msg::Data(sb) = m {
+                    if sb.epoch == 0 {
+                        all.extend(sb.ids);
+                    }
+                }
+            }
+        }
+        assert!(counts.iter().all(|&c| c == counts[0]), "{counts:?}");
+        let len = all.len();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!((len, all.len()), (100, 100));
+    }
+
+    // ---- image files through the loader ----
+
+    use crate::augment::Size;
+    use crate::source::folder::{open_pair, ImageFolderConfig};
+
+    /// A folder of 24 JPEG and PNG images of assorted sizes in 3 classes, and the bad files
+    /// named in `bad` (relative paths) of the kinds the loader must survive.
+    fn photo_folder(dir: &std::path::Path, bad: bool) -> Vec<&'static str> {
+        for i in 0..24usize {
+            let (h, w) = (20 + (i * 7) % 23, 25 + (i * 11) % 31);
+            let img = RawImage {
+                channels: 3,
+                height: h,
+                width: w,
+                data: (0..3 * h * w)
+                    .map(|p| ((p * (i + 3)) % 256) as u8)
+                    .collect(),
+            };
+            let ext = if i % 3 == 0 { "png" } else { "jpg" };
+            let fmt = if ext == "png" {
+                image::ImageFormat::Png
+            } else {
+                image::ImageFormat::Jpeg
+            };
+            let path = dir.join(format!("c{}/{i:02}.{ext}", i % 3));
+            std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+            std::fs::write(&path, crate::source::decode::encode(&img, fmt).unwrap()).unwrap();
+        }
+        if !bad {
+            return vec![];
+        }
+        let good = std::fs::read(dir.join("c1/01.jpg")).unwrap();
+        std::fs::write(dir.join("c0/empty.jpg"), b"").unwrap();
+        std::fs::write(dir.join("c1/truncated.jpg"), &good[..good.len() / 2]).unwrap();
+        std::fs::write(
+            dir.join("c2/garbage.png"),
+            b"\x89PNG\r\n\x1a\nthis is no png",
+        )
+        .unwrap();
+        #[cfg(unix)]
+        std::os::unix::fs::symlink("/nonexistent/saln/photo.jpg", dir.join("c2/dangling.jpg"))
+            .unwrap();
+        #[cfg(not(unix))]
+        std::fs::write(dir.join("c2/dangling.jpg"), b"").unwrap();
+        vec![
+            "c0/empty.jpg",
+            "c1/truncated.jpg",
+            "c2/dangling.jpg",
+            "c2/garbage.png",
+        ]
+    }
+
+    fn photo_ops() -> Vec<AugmentOp> {
+        vec![
+            AugmentOp::RandomResizedCrop {
+                size: Size::Exact([16, 20]),
+                scale: [0.3, 1.0],
+                ratio: [0.75, 1.333],
+            },
+            AugmentOp::Hflip { p: 0.5 },
+            AugmentOp::Rotate { max_degrees: 15.0 },
+            AugmentOp::Brightness { max_delta: 0.2 },
+            AugmentOp::Contrast { max_delta: 0.2 },
+            AugmentOp::Normalize {
+                mean: vec![0.485, 0.456, 0.406],
+                std: vec![0.229, 0.224, 0.225],
+            },
+        ]
+    }
+
+    fn run_files(
+        source: Arc<dyn Source>,
+        ops: Vec<AugmentOp>,
+        workers: usize,
+        on_error: OnError,
+    ) -> Result<(Vec<Msg<SuperBatch>>, LoaderSummary)> {
+        let n = source.len();
+        let plan = LoaderPlan {
+            indices: (0..n).collect(),
+            epochs: 2,
+            size: 5,
+            drop_last: false,
+            seed: 3,
+            workers,
+            prefetch: 3,
+            on_error,
+            shard: Shard::default(),
+        };
+        let (tx, mut rx) = tokio::sync::mpsc::channel(2);
+        let h = std::thread::spawn(move || {
+            let mut v = Vec::new();
+            while let Some(m) = rx.blocking_recv() {
+                v.push(m);
+            }
+            v
+        });
+        let r = run_loader(
+            source,
+            Arc::new(Augmenter::new(ops)),
+            plan,
+            tx,
+            &Arc::new(StageStats::new("loader")),
+            &Cancel::default(),
+        );
+        let msgs = h.join().unwrap();
+        r.map(|s| (msgs, s))
+    }
+
+    fn folder_source(dir: &std::path::Path) -> Arc<dyn Source> {
+        let cfg = ImageFolderConfig {
+            train: dir.to_path_buf(),
+            test: None,
+            test_fraction: Some(0.0),
+        };
+        Arc::new(open_pair(&cfg, 3).unwrap().0)
+    }
+
+    #[test]
+    fn decoded_files_are_identical_for_1_2_and_8_workers() {
+        let t = tempfile::tempdir().unwrap();
+        photo_folder(t.path(), false);
+        let src = folder_source(t.path());
+        let (one, s1) = run_files(src.clone(), photo_ops(), 1, OnError::Fail).unwrap();
+        assert_eq!(s1.samples, 48);
+        for m in &one {
+            if let Msg::Data(sb) = m {
+                assert_eq!(sb.shape, (3, 16, 20));
+                assert_eq!(sb.pixels.len(), sb.len() * 3 * 16 * 20);
+            }
+        }
+        for workers in [2, 8] {
+            let (many, _) = run_files(src.clone(), photo_ops(), workers, OnError::Fail).unwrap();
+            assert_eq!(one, many, "{workers} workers");
+        }
+    }
+
+    #[test]
+    fn bad_files_are_skipped_and_named_or_fail_the_run_naming_the_file() {
+        let t = tempfile::tempdir().unwrap();
+        let bad = photo_folder(t.path(), true);
+        let src = folder_source(t.path());
+        assert_eq!(src.len(), 28);
+        let (_, summary) = run_files(src.clone(), photo_ops(), 2, OnError::Skip).unwrap();
+        assert_eq!(summary.skipped, 8, "4 bad files x 2 epochs");
+        assert_eq!(summary.samples, 48);
+        for b in &bad {
+            assert!(
+                summary.first_skipped.iter().any(|s| s.contains(b)),
+                "{b} not named in {:?}",
+                summary.first_skipped
+            );
+        }
+        let why = |name: &str| {
+            summary
+                .first_skipped
+                .iter()
+                .find(|s| s.contains(name))
+                .unwrap()
+                .clone()
+        };
+        assert!(why("empty.jpg").contains("empty file"));
+        assert!(why("truncated.jpg").contains("truncated"));
+        assert!(why("dangling.jpg").contains("cannot read"));
+        assert!(why("garbage.png").contains("Png"));
+
+        let e = run_files(src, photo_ops(), 2, OnError::Fail)
+            .unwrap_err()
+            .to_string();
+        assert!(bad.iter().any(|b| e.contains(b)), "{e}");
+    }
+
+    #[test]
+    fn variable_sizes_without_a_fixing_op_fail_before_loading() {
+        let t = tempfile::tempdir().unwrap();
+        photo_folder(t.path(), false);
+        let e = run_files(
+            folder_source(t.path()),
+            vec![AugmentOp::Hflip { p: 0.5 }],
+            2,
+            OnError::Skip,
+        )
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("augment.ops") && e.contains("vary in size"),
+            "{e}"
+        );
+    }
+
+    #[test]
+    fn an_image_of_the_wrong_channel_count_is_a_named_sample_error() {
+        let mut samples: Vec<Sample> = (0..6)
+            .map(|i| Sample {
+                id: i,
+                label: 0,
+                image: RawImage {
+                    channels: 3,
+                    height: 4,
+                    width: 4,
+                    data: vec![9; 48],
+                },
+            })
+            .collect();
+        samples[4].image = RawImage {
+            channels: 1,
+            height: 4,
+            width: 4,
+            data: vec![9; 16],
+        };
+        let src: Arc<dyn Source> = Arc::new(MemorySource::new("mixed", samples, 1));
+        let ops = vec![AugmentOp::Resize {
+            size: Size::Exact([4, 4]),
+        }];
+        let (_, s) = run_files(src.clone(), ops.clone(), 2, OnError::Skip).unwrap();
+        assert_eq!(s.skipped, 2);
+        assert!(
+            s.first_skipped[0].contains("mixed#4") && s.first_skipped[0].contains("1 channels")
+        );
+        let e = run_files(src, ops, 2, OnError::Fail)
+            .unwrap_err()
+            .to_string();
+        assert!(e.contains("mixed#4"), "{e}");
     }
 }

@@ -24,7 +24,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::{ConfigIssue, Error, Result};
 
 pub use crate::augment::AugmentConfig;
-pub use crate::batch::SuperBatchConfig;
+pub use crate::batch::loader_only::LoaderOnlyConfig;
+pub use crate::batch::{ShardConfig, SuperBatchConfig};
 pub use crate::export::ExportConfig;
 pub use crate::extract::pretrain::PretrainConfig;
 pub use crate::extract::ExtractorConfig;
@@ -75,6 +76,10 @@ pub struct PipelineConfig {
     /// Parquet export of the curated set (absent: no export).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub export: Option<ExportConfig>,
+    /// When present, `saln-pipe run` runs the input side alone (source, augmentation,
+    /// super-batches) and reports images per second; see `batch::loader_only`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub loader_only: Option<LoaderOnlyConfig>,
 }
 
 /// The 1-based line where the dotted `key` (e.g. `selection.keep_ratio`, `augment.ops[2]`)
@@ -229,6 +234,9 @@ impl PipelineConfig {
         crate::select::baselines::validate_pipeline(self, &mut v);
         if let Some(e) = &self.export {
             e.validate(&mut v);
+        }
+        if let Some(l) = &self.loader_only {
+            l.validate(&mut v);
         }
         v.0
     }

@@ -96,27 +96,11 @@ pub fn viz(cfg: &PipelineConfig, seq: u64, out_dir: &Path) -> Result<VizOutput> 
     }
     crate::pipeline::set_torch_threads(cfg.torch_threads);
     let data = source::open(&cfg.source)?;
-    let split = Split::new(
-        data.train.len(),
-        cfg.source.holdout,
-        cfg.source.limit,
-        cfg.seed,
-    )?;
+    let split = Split::for_config(data.train.len(), cfg)?;
     let aug = Augmenter::new(cfg.augment.ops.clone());
-    let plan = LoaderPlan {
-        indices: split.learner,
-        epochs: cfg.trainer.epochs,
-        size: cfg.superbatch.size,
-        drop_last: cfg.superbatch.drop_last,
-        seed: cfg.seed,
-        workers: 1,
-        prefetch: 1,
-        on_error: cfg.source.on_error,
-    };
+    let plan = LoaderPlan::from_config(cfg, split.learner, cfg.trainer.epochs)?;
     let Some((sb, _skipped)) = superbatch_at(data.train.as_ref(), &aug, &plan, seq)? else {
-        let total: usize = (0..plan.epochs)
-            .map(|e| crate::batch::epoch_superbatches(&plan, e).len())
-            .sum();
+        let total = crate::batch::superbatches_per_epoch(&plan) * plan.epochs;
         return Err(Error::config(
             "--superbatch",
             format!("is {seq}, but the run has {total} super-batches (0..{total})"),

@@ -65,9 +65,9 @@ pub fn pretrain(
         ));
     }
     let device = cfg.device();
-    let shape = data.train.shape();
-    let classes = data.train.num_classes();
     let aug = Augmenter::new(cfg.augment.ops.clone());
+    let shape = aug.output_shape(data.train.shape())?;
+    let classes = data.train.num_classes();
     let (vs, model) = crate::model::seeded(cfg.seed, || {
         let vs = nn::VarStore::new(device);
         let model = Cnn::new(&vs.root(), &cfg.extractor.arch, shape, classes);
@@ -107,8 +107,14 @@ pub fn pretrain(
         final_loss = sum / steps.max(1) as f64;
         on_epoch(epoch, final_loss);
     }
-    let (tx, ty) = eval_set(data.test.as_ref(), &aug, cfg.source.test_limit, device)?;
-    let test_accuracy = evaluate(&model, &tx, &ty, cfg.trainer.eval_batch)?;
+    let test = eval_set(
+        data.test.as_ref(),
+        &aug,
+        cfg.source.test_limit,
+        cfg.source.on_error,
+        device,
+    )?;
+    let test_accuracy = evaluate(&model, &test.x, &test.y, cfg.trainer.eval_batch)?;
     let weights = cfg.extractor.weights.clone();
     save_atomic(&vs, &weights)?;
     Ok(PretrainSummary {

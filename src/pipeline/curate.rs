@@ -89,7 +89,7 @@ pub fn curate(cfg: &PipelineConfig, cancel: Cancel, observer: Option<Observer>) 
         crate::device::name(info.device),
         error.as_ref(),
         cancel.is_cancelled(),
-        DataReport::new(&info, 0, summary.loader),
+        DataReport::new(&info, 0, (0, Vec::new()), summary.loader),
         Vec::new(),
         stats.iter().map(|s| s.snapshot()).collect(),
         summary.selection,

@@ -24,7 +24,7 @@ use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::augment::Augmenter;
-use crate::batch::{run_loader, LoaderPlan, LoaderSummary};
+use crate::batch::{run_loader, superbatches_per_epoch, LoaderPlan, LoaderSummary};
 use crate::config::PipelineConfig;
 use crate::error::{Error, Result};
 use crate::export::{ExportStage, Exporter};
@@ -163,7 +163,7 @@ pub struct RunInfo {
     pub data: Arc<DataSet>,
     /// The learner / reference split.
     pub split: Split,
-    /// `(C, H, W)` of every image.
+    /// `(C, H, W)` of every image, after augmentation (what the models see).
     pub shape: (usize, usize, usize),
     /// Number of classes.
     pub classes: usize,
@@ -216,9 +216,9 @@ impl Curation {
         let device = cfg.device();
         let record = crate::export::record_mode(cfg);
         let split = Split::for_config(data.train.len(), cfg)?;
-        let shape = data.train.shape();
-        let classes = data.train.num_classes();
         let augmenter = Arc::new(Augmenter::new(cfg.augment.ops.clone()));
+        let shape = augmenter.output_shape(data.train.shape())?;
+        let classes = data.train.num_classes();
         let selector = Selector::new(SelectorConfig::from_config(cfg));
         let policy = selector.config().policy;
         let extractor = if policy.needs_reference() || record == RecordMode::Features {
@@ -253,16 +253,7 @@ impl Curation {
         ];
         let (sb_tx, sb_rx) = tokio::sync::mpsc::channel(cfg.channels.loader_to_extract);
         let (sub_tx, sub_rx) = tokio::sync::mpsc::channel(cfg.channels.extract_to_train);
-        let plan = LoaderPlan {
-            indices: split.learner.clone(),
-            epochs: cfg.trainer.epochs,
-            size: cfg.superbatch.size,
-            drop_last: cfg.superbatch.drop_last,
-            seed: cfg.seed,
-            workers: cfg.augment.workers,
-            prefetch: cfg.superbatch.prefetch,
-            on_error: cfg.source.on_error,
-        };
+        let plan = LoaderPlan::from_config(cfg, split.learner.clone(), cfg.trainer.epochs)?;
         let loader = {
             let (src, aug, st, c) = (
                 data.train.clone(),
@@ -391,14 +382,12 @@ pub fn run_with(
         info.data.test.as_ref(),
         &info.augmenter,
         cfg.source.test_limit,
+        cfg.source.on_error,
         info.device,
     );
-    let per_epoch = if cfg.superbatch.drop_last {
-        info.split.learner.len() / cfg.superbatch.size
-    } else {
-        info.split.learner.len().div_ceil(cfg.superbatch.size)
-    };
-    let total_steps = (per_epoch * cfg.trainer.epochs) as u64;
+    // One optimizer step per super-batch of this rank's share.
+    let total_steps = LoaderPlan::from_config(cfg, info.split.learner.clone(), cfg.trainer.epochs)
+        .map(|plan| (superbatches_per_epoch(&plan) * cfg.trainer.epochs) as u64);
     let export = |sub_rx: tokio::sync::mpsc::Receiver<Msg<SubBatch>>| -> Result<_> {
         let Some(e) = &cfg.export else {
             return Ok((sub_rx, None));
@@ -408,15 +397,17 @@ pub fn run_with(
         let rx = stage.tee(sub_rx, cfg.channels.extract_to_train, &cancel)?;
         Ok((rx, Some(stage)))
     };
+    let mut test_skipped = (0, Vec::new());
     let trainer = test.and_then(|test| {
+        test_skipped = (test.skipped, test.first_skipped);
         Trainer::new(
             &cfg.trainer,
             info.shape,
             info.classes,
             cfg.seed,
             info.device,
-            test,
-            total_steps,
+            (test.x, test.y),
+            total_steps?,
         )
     });
     let trainer = trainer.and_then(|mut t| {
@@ -503,7 +494,7 @@ pub fn run_with(
         crate::device::name(info.device),
         error.as_ref(),
         cancel.is_cancelled(),
-        DataReport::new(&info, test_samples, summary.loader),
+        DataReport::new(&info, test_samples, test_skipped, summary.loader),
         epochs,
         stats.iter().map(|s| s.snapshot()).collect(),
         summary.selection,

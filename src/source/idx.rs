@@ -8,7 +8,7 @@ use serde::{Deserialize, Serialize};
 use std::io::Read;
 use std::path::{Path, PathBuf};
 
-use super::{RawImage, Sample, Source};
+use super::{RawImage, Sample, Source, SourceShape};
 use crate::error::{Error, Result};
 
 /// One IDX split: an images file and a labels file.
@@ -156,8 +156,8 @@ impl Source for IdxSource {
         self.classes.max(10)
     }
 
-    fn shape(&self) -> (usize, usize, usize) {
-        (1, self.height, self.width)
+    fn shape(&self) -> SourceShape {
+        SourceShape::fixed(1, self.height, self.width)
     }
 }
 
@@ -296,7 +296,7 @@ mod tests {
             let (ip, lp) = tiny(&sub, gzip);
             let s = IdxSource::open(&ip, &lp).unwrap();
             assert_eq!(s.len(), 3);
-            assert_eq!(s.shape(), (1, 4, 5));
+            assert_eq!(s.shape(), SourceShape::fixed(1, 4, 5));
             let x = s.get(2).unwrap();
             assert_eq!(x.label, 2);
             assert_eq!(x.id, 2);

@@ -4,18 +4,40 @@
 //! data set is split once into the learner's share and the reference model's held-out share
 //! ([`Split`]); the test split is a separate `Source`.
 //!
-//! | file | format |
-//! |---|---|
-//! | [`idx`] | MNIST-family IDX files, gzipped or not |
-//! | [`selection`] | a curated set read back from a Parquet export (wraps the format above) |
+//! | file | config block | format |
+//! |---|---|---|
+//! | [`idx`] | `idx` | MNIST-family IDX files, gzipped or not |
+//! | [`cifar`] | `cifar10` | CIFAR-10 binary batches (`data_batch_1.bin` ... `test_batch.bin`) |
+//! | [`folder`] | `image_folder` | one sub-folder of JPEG/PNG files per class (torchvision `ImageFolder`) |
+//! | [`list`] | `list` | a CSV or JSONL file of image path + label |
+//! | [`parquet`] | `parquet` | a Parquet table of encoded images + labels (HF `datasets` layout) |
+//! | [`selection`] | `selection` | a curated set read back from a Parquet export (wraps any format above) |
+//!
+//! Shared pieces: [`decode`] turns JPEG/PNG bytes into a [`RawImage`] of the configured
+//! channel count (guarded against decoder panics); [`files`] is the source of image files
+//! behind `image_folder` and `list`. Sources of fixed-size images (IDX, CIFAR-10) say so in
+//! [`Source::shape`]; sources of image files do not know their sizes, and the augmentation
+//! op list must bring every image to one size (see `augment::Augmenter::output_shape`).
+//!
+//! A malformed container (a truncated IDX or CIFAR file, a Parquet file that is not one, a
+//! list with a bad line) fails when the source is opened, naming the file. A bad *image*
+//! (corrupt, truncated, empty, unreadable) is a per-sample error from [`Source::get`], which
+//! the loader skips or fails on according to `on_error`.
 use crate::config::Issues;
 use serde::{Deserialize, Serialize};
+use std::path::PathBuf;
 use std::sync::Arc;
 
 use crate::error::{Error, Result};
 use crate::rng::{self, Rng};
 
+pub mod cifar;
+pub mod decode;
+pub mod files;
+pub mod folder;
 pub mod idx;
+pub mod list;
+pub mod parquet;
 pub mod selection;
 
 /// An image as stored: `u8` pixels in CHW order (`channels x height x width`).
@@ -29,6 +51,91 @@ pub struct RawImage {
     pub width: usize,
     /// `channels * height * width` bytes, CHW.
     pub data: Vec<u8>,
+}
+
+impl RawImage {
+    /// Converts to `channels` channels (1 or 3): grey to RGB repeats the plane, RGB to grey
+    /// takes the luma `0.299 R + 0.587 G + 0.114 B` (ITU-R 601, as PIL's `convert("L")`),
+    /// a fourth (alpha) or second (grey + alpha) channel is dropped. Returns the image
+    /// unchanged when it already has `channels`; an error for other combinations.
+    ///
+    /// ```
+    /// use saln::source::RawImage;
+    /// let grey = RawImage { channels: 1, height: 1, width: 2, data: vec![10, 200] };
+    /// let rgb = grey.clone().to_channels(3).unwrap();
+    /// assert_eq!(rgb.data, vec![10, 200, 10, 200, 10, 200]);
+    /// assert_eq!(rgb.to_channels(1).unwrap(), grey);
+    /// ```
+    pub fn to_channels(self, channels: usize) -> std::result::Result<RawImage, String> {
+        if self.channels == channels {
+            return Ok(self);
+        }
+        let plane = self.height * self.width;
+        if self.data.len() != self.channels * plane {
+            return Err(format!(
+                "image has {} bytes, expected {}x{}x{}",
+                self.data.len(),
+                self.channels,
+                self.height,
+                self.width
+            ));
+        }
+        let data = match (self.channels, channels) {
+            (1 | 2, 1) => self.data[..plane].to_vec(),
+            (1 | 2, 3) => self.data[..plane].repeat(3),
+            (3 | 4, 3) => self.data[..3 * plane].to_vec(),
+            (3 | 4, 1) => {
+                let (r, rest) = self.data.split_at(plane);
+                let (g, b) = rest.split_at(plane);
+                r.iter()
+                    .zip(g)
+                    .zip(&b[..plane])
+                    .map(|((&r, &g), &b)| {
+                        ((r as u32 * 299 + g as u32 * 587 + b as u32 * 114 + 500) / 1000) as u8
+                    })
+                    .collect()
+            }
+            (from, to) => {
+                return Err(format!(
+                    "cannot convert an image of {from} channels to {to} channels"
+                ))
+            }
+        };
+        Ok(RawImage {
+            channels,
+            height: self.height,
+            width: self.width,
+            data,
+        })
+    }
+}
+
+/// The shape of a source's images as stored, before augmentation: the channel count is
+/// always known; the size only when every image has the same one (IDX, CIFAR-10). Image
+/// files come in any size, and the augmentation op list decides the output size.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+pub struct SourceShape {
+    /// Channels of every image (1 grey, 3 RGB).
+    pub channels: usize,
+    /// `(height, width)` when every image has it; `None` for image files of any size.
+    pub size: Option<(usize, usize)>,
+}
+
+impl SourceShape {
+    /// Images of one size, `channels x height x width`.
+    pub fn fixed(channels: usize, height: usize, width: usize) -> Self {
+        SourceShape {
+            channels,
+            size: Some((height, width)),
+        }
+    }
+    /// Images of `channels` channels and any size.
+    pub fn variable(channels: usize) -> Self {
+        SourceShape {
+            channels,
+            size: None,
+        }
+    }
 }
 
 /// One labelled sample.
@@ -53,12 +160,22 @@ pub trait Source: Send + Sync {
     }
     /// Sample `index` (`0..len()`), or an [`Error::Sample`] naming it.
     fn get(&self, index: usize) -> Result<Sample>;
+    /// Sample `index` resized to `size` (bilinear, antialiased: exactly what the augmentation
+    /// op `resize: { size }` computes). The loader asks for this when the op list starts with
+    /// `resize`: sources of encoded images override it to resize the decoder's interleaved
+    /// pixels before splitting them into planes, which saves a full-size copy. The default
+    /// returns [`Source::get`] unchanged and lets the op do the resizing.
+    fn get_resized(&self, index: usize, size: crate::augment::Size) -> Result<Sample> {
+        let _ = size;
+        self.get(index)
+    }
     /// Where sample `index` comes from, for messages and exports (`file#index`).
     fn locate(&self, index: usize) -> String;
     /// Number of classes.
     fn num_classes(&self) -> usize;
-    /// Shape of every image: `(channels, height, width)`.
-    fn shape(&self) -> (usize, usize, usize);
+    /// Shape of the stored images: channels, and the size when all images share one.
+    /// What reaches the model is `augment::Augmenter::output_shape` of this.
+    fn shape(&self) -> SourceShape;
 }
 
 /// The training data split into the learner's share and the reference model's share.
@@ -131,23 +248,130 @@ impl std::fmt::Debug for DataSet {
 }
 
 /// Opens the data set a config names. Missing or malformed files are errors naming the file.
+/// With `channels` set, every image is converted to that many channels.
 /// With `selection`, the training split is narrowed to the samples an export selected.
 pub fn open(cfg: &SourceConfig) -> Result<DataSet> {
     selection::apply(cfg.selection.as_ref(), open_format(cfg)?)
 }
 
 fn open_format(cfg: &SourceConfig) -> Result<DataSet> {
-    match &cfg.idx {
-        Some(idx) => {
-            let (train, test) = idx::open_pair(idx)?;
-            Ok(DataSet {
-                train: Arc::new(train),
-                test: Arc::new(test),
-            })
-        }
-        None => Err(Error::config("source", "no data set given")),
+    let mut issues = Issues::default();
+    cfg.validate(&mut issues);
+    if !issues.0.is_empty() {
+        return Err(Error::ConfigInvalid {
+            path: PathBuf::from("<config>"),
+            issues: issues.0,
+        });
+    }
+    let channels = cfg.channels.map(usize::from);
+    let (train, test): (Arc<dyn Source>, Arc<dyn Source>) = if let Some(c) = &cfg.idx {
+        let (train, test) = idx::open_pair(c)?;
+        (Arc::new(train), Arc::new(test))
+    } else if let Some(c) = &cfg.cifar10 {
+        let (train, test) = cifar::open_pair(c)?;
+        (Arc::new(train), Arc::new(test))
+    } else if let Some(c) = &cfg.image_folder {
+        let (train, test) = folder::open_pair(c, channels.unwrap_or(3))?;
+        (Arc::new(train), Arc::new(test))
+    } else if let Some(c) = &cfg.list {
+        let (train, test) = list::open_pair(c, channels.unwrap_or(3))?;
+        (Arc::new(train), Arc::new(test))
+    } else if let Some(c) = &cfg.parquet {
+        let (train, test) = parquet::open_pair(c, channels.unwrap_or(3))?;
+        (Arc::new(train), Arc::new(test))
+    } else {
+        // validate() above rejects a config without a block; kept as an error, not a panic.
+        return Err(Error::ConfigInvalid {
+            path: PathBuf::from("<config>"),
+            issues: vec![crate::error::ConfigIssue {
+                key: "source".into(),
+                message: "no data set given".into(),
+                line: None,
+            }],
+        });
+    };
+    Ok(match channels {
+        Some(c) if train.shape().channels != c => DataSet {
+            train: Arc::new(Converted::new(train, c)),
+            test: Arc::new(Converted::new(test, c)),
+        },
+        _ => DataSet { train, test },
+    })
+}
+
+/// A source whose images are converted to another channel count (`source.channels` on a
+/// format with a fixed one, such as IDX grey or CIFAR-10 RGB).
+pub struct Converted {
+    inner: Arc<dyn Source>,
+    channels: usize,
+}
+
+impl Converted {
+    /// Wraps `inner`, converting its images to `channels` (1 or 3).
+    pub fn new(inner: Arc<dyn Source>, channels: usize) -> Self {
+        Converted { inner, channels }
     }
 }
+
+impl Source for Converted {
+    fn len(&self) -> usize {
+        self.inner.len()
+    }
+    fn get(&self, index: usize) -> Result<Sample> {
+        self.convert(index, self.inner.get(index)?)
+    }
+    fn get_resized(&self, index: usize, size: crate::augment::Size) -> Result<Sample> {
+        self.convert(index, self.inner.get_resized(index, size)?)
+    }
+    fn locate(&self, index: usize) -> String {
+        self.inner.locate(index)
+    }
+    fn num_classes(&self) -> usize {
+        self.inner.num_classes()
+    }
+    fn shape(&self) -> SourceShape {
+        SourceShape {
+            channels: self.channels,
+            ..self.inner.shape()
+        }
+    }
+}
+
+impl Converted {
+    fn convert(&self, index: usize, mut s: Sample) -> Result<Sample> {
+        s.image = s
+            .image
+            .to_channels(self.channels)
+            .map_err(|message| Error::Sample {
+                sample: self.locate(index),
+                message,
+            })?;
+        Ok(s)
+    }
+}
+
+/// Splits the items of a labelled list into train and test positions: in every class, a
+/// fixed permutation (independent of the run seed, so every run tests on the same images)
+/// puts `round(fraction * class size)` items in the test split. Both lists are sorted.
+pub(crate) fn fraction_split(labels: &[i64], fraction: f64) -> (Vec<usize>, Vec<usize>) {
+    let mut by_class: std::collections::BTreeMap<i64, Vec<usize>> = Default::default();
+    for (i, &l) in labels.iter().enumerate() {
+        by_class.entry(l).or_default().push(i);
+    }
+    let (mut train, mut test) = (Vec::new(), Vec::new());
+    for (class, mut items) in by_class {
+        Rng::derive(TEST_SPLIT_SEED, &[class as u64]).shuffle(&mut items);
+        let k = ((fraction * items.len() as f64).round() as usize).min(items.len());
+        test.extend_from_slice(&items[..k]);
+        train.extend_from_slice(&items[k..]);
+    }
+    train.sort_unstable();
+    test.sort_unstable();
+    (train, test)
+}
+
+/// Seed of the `test_fraction` split: a constant, so the test images never depend on `seed`.
+const TEST_SPLIT_SEED: u64 = 0x7465_7374_5f73_706c;
 
 /// An in-memory source, for tests and for users who already hold their data in memory.
 pub struct MemorySource {
@@ -186,27 +410,54 @@ impl Source for MemorySource {
     fn num_classes(&self) -> usize {
         self.classes
     }
-    fn shape(&self) -> (usize, usize, usize) {
-        self.samples
-            .first()
-            .map(|s| (s.image.channels, s.image.height, s.image.width))
-            .unwrap_or((1, 1, 1))
+    fn shape(&self) -> SourceShape {
+        let mut dims = self
+            .samples
+            .iter()
+            .map(|s| (s.image.channels, s.image.height, s.image.width));
+        match dims.next() {
+            None => SourceShape::fixed(1, 1, 1),
+            Some((c, h, w)) if dims.all(|d| d == (c, h, w)) => SourceShape::fixed(c, h, w),
+            Some((c, _, _)) => SourceShape::variable(c),
+        }
     }
 }
 
 // ---- configuration ----
 
-/// The data set. Exactly one format block (`idx`) must be given.
+/// The data set. Exactly one format block (`idx`, `cifar10`, `image_folder`, `list`,
+/// `parquet`) must be given.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
     /// MNIST-family IDX files (gzipped or not).
-    #[serde(default)]
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     pub idx: Option<idx::IdxConfig>,
     /// Train only on the samples a Parquet export selected, served from the data set above
     /// (see `docs/parquet-schema.md`).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub selection: Option<selection::SelectionSourceConfig>,
+    /// CIFAR-10 binary batches.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cifar10: Option<cifar::Cifar10Config>,
+    /// A folder with one sub-folder of JPEG/PNG images per class (torchvision `ImageFolder`).
+    /// `image-folder` is accepted as a spelling too.
+    #[serde(
+        default,
+        alias = "image-folder",
+        skip_serializing_if = "Option::is_none"
+    )]
+    pub image_folder: Option<folder::ImageFolderConfig>,
+    /// A CSV or JSONL list of image paths and labels.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub list: Option<list::ListConfig>,
+    /// A Parquet table with an encoded-image column and a label column.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub parquet: Option<parquet::ParquetConfig>,
+    /// Channels every image is converted to: 1 (grey) or 3 (RGB). Default: 3 for image files
+    /// (`image_folder`, `list`, `parquet`), the format's own for `idx` (1) and `cifar10` (3).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub channels: Option<u8>,
     /// Training samples held out for the reference model (never seen by the learner).
     #[serde(default = "d_holdout")]
     pub holdout: usize,
@@ -240,12 +491,75 @@ pub(crate) fn d_holdout() -> usize {
 impl SourceConfig {
     /// Adds this section's problems to `v`.
     pub fn validate(&self, v: &mut Issues) {
-        v.check(self.idx.is_some(), "source", || {
-            "no data set given: add an `idx:` block with `dir:`".into()
-        });
+        let given: Vec<&str> = [
+            ("idx", self.idx.is_some()),
+            ("cifar10", self.cifar10.is_some()),
+            ("image_folder", self.image_folder.is_some()),
+            ("list", self.list.is_some()),
+            ("parquet", self.parquet.is_some()),
+        ]
+        .into_iter()
+        .filter_map(|(k, set)| set.then_some(k))
+        .collect();
+        match given.len() {
+            0 => v.at(
+                "source",
+                "no data set given: add one of `idx`, `cifar10`, `image_folder`, `list`, `parquet`",
+            ),
+            1 => {}
+            _ => v.at(
+                "source",
+                format!(
+                    "give exactly one data set block, found {}",
+                    given.join(", ")
+                ),
+            ),
+        }
+        if let Some(c) = &self.cifar10 {
+            c.validate(v);
+        }
+        if let Some(c) = &self.image_folder {
+            c.validate(v);
+        }
+        if let Some(c) = &self.list {
+            c.validate(v);
+        }
+        if let Some(c) = &self.parquet {
+            c.validate(v);
+        }
         if let Some(s) = &self.selection {
             s.validate(v);
         }
+        if let Some(c) = self.channels {
+            v.check(c == 1 || c == 3, "source.channels", || {
+                format!("must be 1 (grey) or 3 (RGB), got {c}")
+            });
+        }
+    }
+}
+
+/// Checks the `test` / `test_fraction` pair of a file source block at `key`: exactly one.
+pub(crate) fn validate_test_choice(
+    v: &mut Issues,
+    key: &str,
+    test: bool,
+    test_fraction: Option<f64>,
+) {
+    match (test, test_fraction) {
+        (true, Some(_)) => v.at(
+            key,
+            "give either `test` (a separate test set) or `test_fraction`, not both",
+        ),
+        (false, None) => v.at(
+            key,
+            "no test set: give `test` (a separate test set) or `test_fraction` (a share of `train`)",
+        ),
+        (false, Some(f)) => v.check(
+            (0.0..1.0).contains(&f),
+            &format!("{key}.test_fraction"),
+            || format!("must be in [0, 1), got {f}"),
+        ),
+        (true, None) => {}
     }
 }
 
@@ -276,5 +590,28 @@ mod tests {
     fn holdout_of_everything_is_a_config_error() {
         let e = Split::new(10, 10, None, 1).unwrap_err();
         assert!(e.to_string().contains("source.holdout"), "{e}");
+    }
+
+    /// Every YAML example in docs/sources.md parses (fragments get a minimal `source`).
+    #[test]
+    fn the_yaml_examples_in_the_docs_parse() {
+        let doc = std::fs::read_to_string(concat!(env!("CARGO_MANIFEST_DIR"), "/docs/sources.md"))
+            .unwrap();
+        let blocks: Vec<&str> = doc
+            .split("```yaml\n")
+            .skip(1)
+            .map(|b| b.split("```").next().unwrap())
+            .collect();
+        assert!(blocks.len() >= 7, "{} yaml blocks", blocks.len());
+        for b in blocks {
+            let text = if b.contains("source:") {
+                b.to_string()
+            } else {
+                format!("source:\n  idx: {{ dir: /tmp/x }}\n{b}")
+            };
+            if let Err(e) = crate::config::PipelineConfig::from_yaml_str(&text, "docs/sources.md") {
+                panic!("{e}\n{text}");
+            }
+        }
     }
 }

@@ -209,24 +209,11 @@ impl Source for SelectionSource {
     }
 
     fn get(&self, index: usize) -> Result<Sample> {
-        let &(inner_index, id, label) = self.rows.get(index).ok_or_else(|| Error::Sample {
-            sample: format!("{}#{index}", self.export.display()),
-            message: format!("index out of range (0..{})", self.rows.len()),
-        })?;
-        let s = self.inner.get(inner_index)?;
-        if (s.id, s.label) != (id, label) {
-            return Err(Error::Sample {
-                sample: self.inner.locate(inner_index),
-                message: format!(
-                    "is id {} label {} in the data set but id {id} label {label} in the export {}: \
-                     the export was made from another data set",
-                    s.id,
-                    s.label,
-                    self.export.display()
-                ),
-            });
-        }
-        Ok(s)
+        self.checked(index, |i| self.inner.get(i))
+    }
+
+    fn get_resized(&self, index: usize, size: crate::augment::Size) -> Result<Sample> {
+        self.checked(index, |i| self.inner.get_resized(i, size))
     }
 
     fn locate(&self, index: usize) -> String {
@@ -240,8 +227,33 @@ impl Source for SelectionSource {
         self.inner.num_classes()
     }
 
-    fn shape(&self) -> (usize, usize, usize) {
+    fn shape(&self) -> super::SourceShape {
         self.inner.shape()
+    }
+}
+
+impl SelectionSource {
+    /// Row `index` fetched from the inner source by `fetch`, checked against the export's id
+    /// and label for that row.
+    fn checked(&self, index: usize, fetch: impl FnOnce(usize) -> Result<Sample>) -> Result<Sample> {
+        let &(inner_index, id, label) = self.rows.get(index).ok_or_else(|| Error::Sample {
+            sample: format!("{}#{index}", self.export.display()),
+            message: format!("index out of range (0..{})", self.rows.len()),
+        })?;
+        let s = fetch(inner_index)?;
+        if (s.id, s.label) != (id, label) {
+            return Err(Error::Sample {
+                sample: self.inner.locate(inner_index),
+                message: format!(
+                    "is id {} label {} in the data set but id {id} label {label} in the export {}: \
+                     the export was made from another data set",
+                    s.id,
+                    s.label,
+                    self.export.display()
+                ),
+            });
+        }
+        Ok(s)
     }
 }
 

@@ -17,7 +17,7 @@ use crate::error::{Error, Result};
 use crate::extract::SubBatch;
 use crate::model::{correct, cross_entropy, Cnn};
 use crate::pipeline::{Cancel, Msg, StageStats};
-use crate::source::Source;
+use crate::source::{OnError, Source};
 
 /// One epoch's figures, as printed and reported.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -56,29 +56,84 @@ pub fn images_tensor(
     Ok((x, y))
 }
 
+/// The test split, ready to evaluate on.
+#[derive(Debug)]
+pub struct TestSet {
+    /// Images, `[n, C, H, W]`.
+    pub x: Tensor,
+    /// Labels, `[n]`.
+    pub y: Tensor,
+    /// Test samples left out as unreadable (`on_error: skip`).
+    pub skipped: u64,
+    /// The first of them (at most 20), each with its error.
+    pub first_skipped: Vec<String>,
+}
+
 /// The test split as tensors (deterministic transforms only), at most `limit` samples.
+/// A sample that cannot be read or transformed fails with an error naming it, or with
+/// `OnError::Skip` is left out and counted, exactly as in the loader stage.
 pub fn eval_set(
     source: &dyn Source,
     aug: &Augmenter,
     limit: Option<usize>,
+    on_error: OnError,
     device: Device,
-) -> Result<(Tensor, Tensor)> {
+) -> Result<TestSet> {
+    let shape = aug.output_shape(source.shape())?;
     let n = limit.map_or(source.len(), |l| l.min(source.len()));
+    let (c, h, w) = shape;
     let mut pixels = Vec::new();
     let mut labels = Vec::with_capacity(n);
+    let (mut skipped, mut first_skipped) = (0u64, Vec::new());
     for i in 0..n {
-        let s = source.get(i)?;
-        let img = aug.eval(&s.image).map_err(|e| match e {
-            Error::Sample { message, .. } => Error::Sample {
+        let sample = source.get(i).and_then(|s| {
+            let sample_err = |message: String| Error::Sample {
                 sample: source.locate(i),
                 message,
-            },
-            e => e,
-        })?;
-        pixels.extend_from_slice(&img.data);
-        labels.push(s.label);
+            };
+            let img = aug.eval(&s.image).map_err(|e| match e {
+                Error::Sample { message, .. } => sample_err(message),
+                e => e,
+            })?;
+            if (img.channels, img.height, img.width) != (c, h, w) {
+                return Err(sample_err(format!(
+                    "image comes out of the augmentation ops as {}x{}x{}, not {c}x{h}x{w} \
+                     like the others",
+                    img.channels, img.height, img.width
+                )));
+            }
+            Ok((s.label, img))
+        });
+        match sample {
+            Ok((label, img)) => {
+                pixels.extend_from_slice(&img.data);
+                labels.push(label);
+            }
+            Err(e @ Error::Sample { .. }) if on_error == OnError::Skip => {
+                skipped += 1;
+                if first_skipped.len() < 20 {
+                    first_skipped.push(e.to_string());
+                }
+            }
+            Err(e) => return Err(e),
+        }
     }
-    images_tensor(&pixels, &labels, source.shape(), device)
+    if labels.is_empty() && n > 0 {
+        return Err(Error::Data {
+            path: "test split".into(),
+            message: format!(
+                "every one of its {n} samples was skipped as unreadable; first: {}",
+                first_skipped.first().map_or("", String::as_str)
+            ),
+        });
+    }
+    let (x, y) = images_tensor(&pixels, &labels, shape, device)?;
+    Ok(TestSet {
+        x,
+        y,
+        skipped,
+        first_skipped,
+    })
 }
 
 /// Accuracy of `model` on `x` (`[n, C, H, W]`) against `y` (`[n]`), `batch` at a time.

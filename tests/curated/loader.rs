@@ -122,8 +122,8 @@ impl Source for Counting {
     fn num_classes(&self) -> usize {
         10
     }
-    fn shape(&self) -> (usize, usize, usize) {
-        (1, 8, 8)
+    fn shape(&self) -> saln::source::SourceShape {
+        saln::source::SourceShape::fixed(1, 8, 8)
     }
 }
 
@@ -288,8 +288,8 @@ impl Source for Broken {
     fn num_classes(&self) -> usize {
         10
     }
-    fn shape(&self) -> (usize, usize, usize) {
-        (1, 8, 8)
+    fn shape(&self) -> saln::source::SourceShape {
+        saln::source::SourceShape::fixed(1, 8, 8)
     }
 }
 

@@ -28,7 +28,8 @@ fn paths(v: &serde_json::Value, prefix: &str, out: &mut BTreeSet<String>) {
 }
 
 /// Every key of the fully defaulted configuration, with each optional section filled in by
-/// the example pipelines, must appear in docs/config.md as `` `key` ``.
+/// the example pipelines and the examples of docs/sources.md, must appear in docs/config.md
+/// as `` `key` ``.
 #[test]
 fn every_config_key_is_documented() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -40,6 +41,17 @@ fn every_config_key_is_documented() {
         if p.extension().is_some_and(|x| x == "yaml") {
             sources.push(std::fs::read_to_string(p).unwrap());
         }
+    }
+    // The YAML examples of docs/sources.md show the other source formats, sharding and the
+    // loader-only mode; fragments without a `source` get a minimal one.
+    let sources_doc = std::fs::read_to_string(root.join("docs/sources.md")).unwrap();
+    for block in sources_doc.split("```yaml\n").skip(1) {
+        let b = block.split("```").next().unwrap();
+        sources.push(if b.contains("source:") {
+            b.to_string()
+        } else {
+            format!("source:\n  idx: {{ dir: /x }}\n{b}")
+        });
     }
     for text in sources {
         // Eval files wrap a pipeline; only plain pipelines are read here.

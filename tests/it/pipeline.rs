@@ -129,6 +129,7 @@ report: {{ path: {dir}/report.json, progress_seconds: 0 }}
 /// A source that fails on samples whose index is 3 modulo `every` (never when `every` is 0).
 struct Failing {
     inner: IdxSource,
+    name: &'static str,
     every: usize,
     calls: AtomicUsize,
 }
@@ -149,29 +150,37 @@ impl Source for Failing {
         }
     }
     fn locate(&self, i: usize) -> String {
-        format!("failing.bin#{i}")
+        format!("{}#{i}", self.name)
     }
     fn num_classes(&self) -> usize {
         self.inner.num_classes()
     }
-    fn shape(&self) -> (usize, usize, usize) {
+    fn shape(&self) -> saln::source::SourceShape {
         self.inner.shape()
     }
 }
 
+/// 2000 training samples failing every `every`, 200 test samples failing every `test_every`.
 fn failing_data(
     dir: &std::path::Path,
     every: usize,
+    test_every: usize,
 ) -> (Arc<DataSet>, saln::config::PipelineConfig) {
     let root = synthetic_idx(dir, 2000, 200);
     let open = |i: &str, l: &str| IdxSource::open(&root.join(i), &root.join(l)).unwrap();
     let data = DataSet {
         train: Arc::new(Failing {
             inner: open("train-images-idx3-ubyte.gz", "train-labels-idx1-ubyte.gz"),
+            name: "failing.bin",
             every,
             calls: AtomicUsize::new(0),
         }),
-        test: Arc::new(open("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte")),
+        test: Arc::new(Failing {
+            inner: open("t10k-images-idx3-ubyte", "t10k-labels-idx1-ubyte"),
+            name: "failing-test.bin",
+            every: test_every,
+            calls: AtomicUsize::new(0),
+        }),
     };
     let yaml = format!(
         "device: cpu\nsource: {{ idx: {{ dir: {root} }}, holdout: 100 }}\n\
@@ -190,7 +199,7 @@ fn failing_data(
 #[test]
 fn a_bad_sample_stops_the_run_with_its_name_and_a_failed_report() {
     let dir = tempfile::tempdir().unwrap();
-    let (data, cfg) = failing_data(dir.path(), 1500);
+    let (data, cfg) = failing_data(dir.path(), 1500, 0);
     let report_path = cfg.report.path.clone();
     let err = within(Duration::from_secs(60), move || {
         pipeline::run_with(&cfg, data, Cancel::default(), None).unwrap_err()
@@ -209,9 +218,23 @@ fn a_bad_sample_stops_the_run_with_its_name_and_a_failed_report() {
 }
 
 #[test]
+fn a_bad_test_sample_fails_the_run_by_default_naming_it() {
+    let dir = tempfile::tempdir().unwrap();
+    let (data, cfg) = failing_data(dir.path(), 0, 50);
+    let err = within(Duration::from_secs(60), move || {
+        pipeline::run_with(&cfg, data, Cancel::default(), None).unwrap_err()
+    });
+    let msg = err.to_string();
+    assert!(
+        msg.contains("failing-test.bin#3") && msg.contains("corrupt image"),
+        "{msg}"
+    );
+}
+
+#[test]
 fn skipped_samples_are_counted_and_named() {
     let dir = tempfile::tempdir().unwrap();
-    let (data, mut cfg) = failing_data(dir.path(), 100);
+    let (data, mut cfg) = failing_data(dir.path(), 100, 50);
     cfg.source.on_error = OnError::Skip;
     cfg.trainer.epochs = 2;
     let report = pipeline::run_with(&cfg, data, Cancel::default(), None).unwrap();
@@ -228,12 +251,16 @@ fn skipped_samples_are_counted_and_named() {
         report.data.first_skipped[0].contains("failing.bin#")
             && report.data.first_skipped[0].contains("corrupt")
     );
+    // Test samples 3, 53, 103 and 153 fail: left out of the evaluation, counted and named.
+    assert_eq!(report.data.test_skipped, 4);
+    assert_eq!(report.data.test_samples, 196);
+    assert!(report.data.test_first_skipped[0].contains("failing-test.bin#3"));
 }
 
 #[test]
 fn cancel_stops_every_stage_and_keeps_completed_epochs() {
     let dir = tempfile::tempdir().unwrap();
-    let (data, cfg) = failing_data(dir.path(), 0);
+    let (data, cfg) = failing_data(dir.path(), 0, 0);
     let cancel = Cancel::default();
     let trigger = cancel.clone();
     let observer: pipeline::Observer = Arc::new(move |e: &Event| {
@@ -257,7 +284,7 @@ fn cancel_stops_every_stage_and_keeps_completed_epochs() {
 #[test]
 fn a_slow_consumer_makes_upstream_wait_with_bounded_queues() {
     let dir = tempfile::tempdir().unwrap();
-    let (data, mut cfg) = failing_data(dir.path(), 0);
+    let (data, mut cfg) = failing_data(dir.path(), 0, 0);
     cfg.superbatch.prefetch = 2;
     cfg.channels.loader_to_extract = 1;
     cfg.channels.extract_to_train = 1;

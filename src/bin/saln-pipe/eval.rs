@@ -52,35 +52,12 @@ pub fn validate(path: &Path) -> ExitCode {
 /// Cancels `cancel` on Ctrl-C or SIGTERM (a background thread with its own runtime).
 fn cancel_on_signal(cancel: Cancel) {
     std::thread::spawn(move || {
-        let Ok(rt) = tokio::runtime::Builder::new_current_thread()
+        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
             .enable_all()
             .build()
-        else {
-            return;
-        };
-        rt.block_on(async {
-            #[cfg(unix)]
-            {
-                use tokio::signal::unix::{signal, SignalKind};
-                let mut term = signal(SignalKind::terminate()).ok();
-                let term = async {
-                    match term.as_mut() {
-                        Some(t) => {
-                            t.recv().await;
-                        }
-                        None => std::future::pending::<()>().await,
-                    }
-                };
-                tokio::select! {
-                    _ = tokio::signal::ctrl_c() => {}
-                    _ = term => {}
-                }
-            }
-            #[cfg(not(unix))]
-            let _ = tokio::signal::ctrl_c().await;
-        });
-        eprintln!("saln: stopping after the current super-batch (signal received)");
-        cancel.cancel();
+        {
+            rt.block_on(crate::stop_on_signal(cancel));
+        }
     });
 }
 

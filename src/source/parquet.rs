@@ -1,0 +1,667 @@
+//! Parquet tables of encoded images and labels: the layout Hugging Face `datasets` exports
+//! (`ds.to_parquet(...)`, or the `refs/convert/parquet` files of a hub data set).
+//!
+//! The image column is either a struct `{bytes: binary, path: string}` (the `Image` feature:
+//! saln reads `bytes`) or a plain binary column of JPEG/PNG bytes. The label column holds
+//! integers (the `ClassLabel` feature: class indices, `max + 1` classes) or strings (class
+//! names, sorted by byte order). Column names are configurable. `train` and `test` are a
+//! `.parquet` file or a folder of them (read in name order, as `train-00000-of-00004.parquet`
+//! ...).
+//!
+//! Memory: the encoded image bytes of the table are held in memory (about the table's size
+//! on disk; they are decoded one at a time by the loader's workers). For data sets larger
+//! than memory, export the images to files and use `image_folder` or `list`.
+//!
+//! A file that is not Parquet, is truncated, lacks a configured column or has one of the
+//! wrong type fails when the source is opened, naming the file. A null or undecodable image,
+//! or a null label, is a sample error (`file.parquet#row`), handled by `on_error`. Reading
+//! runs under `catch_unwind`: a reader that panics on a hostile file becomes an error.
+use std::path::{Path, PathBuf};
+use std::sync::Arc;
+
+use arrow::array::{Array, ArrayRef, AsArray};
+use arrow::datatypes::{DataType, Int64Type};
+use serde::{Deserialize, Serialize};
+
+use super::{decode, Sample, Source, SourceShape};
+use crate::config::Issues;
+use crate::error::{Error, Result};
+
+/// A Parquet table with an image column and a label column.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ParquetConfig {
+    /// The training table: a `.parquet` file, or a folder whose `.parquet` files are read in
+    /// name order.
+    pub train: PathBuf,
+    /// The test table, same columns.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test: Option<PathBuf>,
+    /// Instead of `test`: this share of every class of `train` becomes the test split, in
+    /// [0, 1); fixed, independent of `seed`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub test_fraction: Option<f64>,
+    /// The image column: a struct with a binary `bytes` field, or a binary column.
+    #[serde(default = "d_image")]
+    pub image_column: String,
+    /// The label column: integers (class indices) or strings (class names).
+    #[serde(default = "d_label")]
+    pub label_column: String,
+}
+
+fn d_image() -> String {
+    "image".into()
+}
+fn d_label() -> String {
+    "label".into()
+}
+
+impl ParquetConfig {
+    /// Adds this block's problems to `v`.
+    pub fn validate(&self, v: &mut Issues) {
+        super::validate_test_choice(v, "source.parquet", self.test.is_some(), self.test_fraction);
+        v.check(
+            !self.image_column.is_empty(),
+            "source.parquet.image_column",
+            || "must not be empty".into(),
+        );
+        v.check(
+            !self.label_column.is_empty(),
+            "source.parquet.label_column",
+            || "must not be empty".into(),
+        );
+    }
+}
+
+fn data_err(path: &Path, message: impl Into<String>) -> Error {
+    Error::Data {
+        path: path.to_path_buf(),
+        message: message.into(),
+    }
+}
+
+/// A label as stored.
+#[derive(Debug, Clone, PartialEq)]
+enum Label {
+    Int(i64),
+    Name(String),
+    Null,
+}
+
+/// The rows of one table (one or more files), image bytes in one buffer.
+#[derive(Debug, Default)]
+struct Table {
+    files: Vec<PathBuf>,
+    /// First row of each file, plus the total at the end.
+    starts: Vec<usize>,
+    blob: Vec<u8>,
+    /// `(offset, len)` in `blob` of each row's image; `None` for a null image.
+    spans: Vec<Option<(usize, usize)>>,
+    labels: Vec<Label>,
+}
+
+impl Table {
+    fn locate(&self, row: usize) -> String {
+        let f = self.starts.partition_point(|&s| s <= row).saturating_sub(1);
+        match self.files.get(f) {
+            Some(p) => format!("{}#{}", p.display(), row - self.starts[f]),
+            None => format!("#{row}"),
+        }
+    }
+}
+
+/// The `.parquet` files `path` names: itself, or a folder's, sorted.
+fn table_files(path: &Path) -> Result<Vec<PathBuf>> {
+    if path.is_dir() {
+        let mut files: Vec<PathBuf> = std::fs::read_dir(path)
+            .map_err(|e| Error::io(path, e))?
+            .filter_map(|e| e.ok().map(|e| e.path()))
+            .filter(|p| p.extension().is_some_and(|e| e == "parquet"))
+            .collect();
+        files.sort();
+        if files.is_empty() {
+            return Err(data_err(path, "folder holds no .parquet files"));
+        }
+        Ok(files)
+    } else if path.exists() {
+        Ok(vec![path.to_path_buf()])
+    } else {
+        Err(data_err(path, "not found"))
+    }
+}
+
+/// The binary values of the image column: the column itself, or its struct's `bytes`.
+fn image_bytes(col: &ArrayRef, name: &str) -> std::result::Result<ArrayRef, String> {
+    let bytes = match col.data_type() {
+        DataType::Struct(fields) => {
+            let s = col.as_struct();
+            let i = fields
+                .iter()
+                .position(|f| f.name() == "bytes")
+                .ok_or_else(|| {
+                    format!(
+                        "column `{name}` is a struct without a `bytes` field (fields: {})",
+                        fields
+                            .iter()
+                            .map(|f| f.name().as_str())
+                            .collect::<Vec<_>>()
+                            .join(", ")
+                    )
+                })?;
+            // A null struct row makes its `bytes` null too.
+            let child = s.column(i).clone();
+            match s.nulls() {
+                Some(n) if n.null_count() > 0 => {
+                    let merged = arrow::buffer::NullBuffer::union(Some(n), child.nulls());
+                    arrow::array::make_array(
+                        child
+                            .to_data()
+                            .into_builder()
+                            .nulls(merged)
+                            .build()
+                            .map_err(|e| e.to_string())?,
+                    )
+                }
+                _ => child,
+            }
+        }
+        _ => col.clone(),
+    };
+    match bytes.data_type() {
+        DataType::Binary
+        | DataType::LargeBinary
+        | DataType::BinaryView
+        | DataType::FixedSizeBinary(_) => {
+            arrow::compute::cast(&bytes, &DataType::LargeBinary).map_err(|e| e.to_string())
+        }
+        t => Err(format!(
+            "column `{name}` is {t}, expected binary image bytes or a struct {{bytes, path}}"
+        )),
+    }
+}
+
+fn labels_of(col: &ArrayRef, name: &str) -> std::result::Result<Vec<Label>, String> {
+    let t = col.data_type();
+    if t.is_integer() {
+        let ints = arrow::compute::cast(col, &DataType::Int64).map_err(|e| e.to_string())?;
+        let ints = ints.as_primitive::<Int64Type>();
+        Ok((0..ints.len())
+            .map(|i| {
+                if ints.is_null(i) {
+                    Label::Null
+                } else {
+                    Label::Int(ints.value(i))
+                }
+            })
+            .collect())
+    } else if matches!(
+        t,
+        DataType::Utf8 | DataType::LargeUtf8 | DataType::Utf8View | DataType::Dictionary(_, _)
+    ) {
+        let s = arrow::compute::cast(col, &DataType::Utf8).map_err(|e| e.to_string())?;
+        let s = s.as_string::<i32>();
+        Ok((0..s.len())
+            .map(|i| {
+                if s.is_null(i) {
+                    Label::Null
+                } else {
+                    Label::Name(s.value(i).to_string())
+                }
+            })
+            .collect())
+    } else {
+        Err(format!(
+            "column `{name}` is {t}, expected integer class indices or string class names"
+        ))
+    }
+}
+
+/// Appends one file's rows to `table`.
+fn read_file(path: &Path, cfg: &ParquetConfig, table: &mut Table) -> Result<()> {
+    use ::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
+    use ::parquet::arrow::ProjectionMask;
+    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    let builder = ParquetRecordBatchReaderBuilder::try_new(file)
+        .map_err(|e| data_err(path, format!("not a readable Parquet file: {e}")))?;
+    let schema = builder.schema().clone();
+    let find = |name: &str| {
+        schema.index_of(name).map_err(|_| {
+            data_err(
+                path,
+                format!(
+                    "no column `{name}` (columns: {})",
+                    schema
+                        .fields()
+                        .iter()
+                        .map(|f| f.name().as_str())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                ),
+            )
+        })
+    };
+    let (ii, li) = (find(&cfg.image_column)?, find(&cfg.label_column)?);
+    let mask = ProjectionMask::roots(builder.parquet_schema(), [ii, li]);
+    let reader = builder
+        .with_projection(mask)
+        .build()
+        .map_err(|e| data_err(path, format!("cannot read: {e}")))?;
+    for batch in reader {
+        let batch = batch.map_err(|e| data_err(path, format!("corrupt Parquet data: {e}")))?;
+        let (Some(img), Some(lab)) = (
+            batch.column_by_name(&cfg.image_column),
+            batch.column_by_name(&cfg.label_column),
+        ) else {
+            return Err(data_err(
+                path,
+                "projected columns missing from a record batch",
+            ));
+        };
+        let bytes = image_bytes(img, &cfg.image_column).map_err(|m| data_err(path, m))?;
+        let bytes = bytes.as_binary::<i64>();
+        let labels = labels_of(lab, &cfg.label_column).map_err(|m| data_err(path, m))?;
+        for i in 0..bytes.len() {
+            if bytes.is_null(i) {
+                table.spans.push(None);
+            } else {
+                let v = bytes.value(i);
+                table.spans.push(Some((table.blob.len(), v.len())));
+                table.blob.extend_from_slice(v);
+            }
+        }
+        table.labels.extend(labels);
+    }
+    Ok(())
+}
+
+fn read_table(path: &Path, cfg: &ParquetConfig) -> Result<Table> {
+    let mut table = Table {
+        starts: vec![0],
+        ..Table::default()
+    };
+    for f in table_files(path)? {
+        let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
+            read_file(&f, cfg, &mut table)
+        }));
+        match r {
+            Ok(r) => r?,
+            Err(p) => {
+                return Err(data_err(
+                    &f,
+                    format!(
+                        "the Parquet reader panicked (corrupt file?): {}",
+                        crate::pipeline::panic_message(&p)
+                    ),
+                ))
+            }
+        }
+        table.starts.push(table.spans.len());
+        table.files.push(f);
+    }
+    if table.spans.is_empty() {
+        return Err(data_err(path, "the table holds no rows"));
+    }
+    Ok(table)
+}
+
+/// Rows of a table, as a source.
+#[derive(Debug, Clone)]
+pub struct ParquetSource {
+    table: Arc<Table>,
+    /// Table rows of this split, in sample-id order.
+    rows: Vec<usize>,
+    /// Class index of each table row (`None`: null label).
+    labels: Arc<Vec<Option<i64>>>,
+    classes: usize,
+    channels: usize,
+}
+
+impl Source for ParquetSource {
+    fn len(&self) -> usize {
+        self.rows.len()
+    }
+
+    fn get(&self, index: usize) -> Result<Sample> {
+        self.read(index, None)
+    }
+
+    fn get_resized(&self, index: usize, size: crate::augment::Size) -> Result<Sample> {
+        self.read(index, Some(size))
+    }
+
+    fn locate(&self, index: usize) -> String {
+        match self.rows.get(index) {
+            Some(&r) => self.table.locate(r),
+            None => format!("#{index}"),
+        }
+    }
+
+    fn num_classes(&self) -> usize {
+        self.classes
+    }
+
+    fn shape(&self) -> SourceShape {
+        SourceShape::variable(self.channels)
+    }
+}
+
+impl ParquetSource {
+    fn read(&self, index: usize, size: Option<crate::augment::Size>) -> Result<Sample> {
+        let row = *self.rows.get(index).ok_or_else(|| Error::Sample {
+            sample: format!("#{index}"),
+            message: format!("index out of range (0..{})", self.rows.len()),
+        })?;
+        let err = |message: String| Error::Sample {
+            sample: self.table.locate(row),
+            message,
+        };
+        let label = self.labels[row].ok_or_else(|| err("null label".into()))?;
+        let (off, len) = self.table.spans[row].ok_or_else(|| err("null image".into()))?;
+        let bytes = &self.table.blob[off..off + len];
+        let image = decode::decode_resized(bytes, self.channels, size).map_err(err)?;
+        Ok(Sample {
+            id: index as u64,
+            label,
+            image,
+        })
+    }
+}
+
+/// Class indices for the labels of the tables (integers as they are, or sorted names of
+/// the first table); the number of classes.
+fn class_indices(tables: &[(&Path, &Table)]) -> Result<(usize, Vec<Vec<Option<i64>>>)> {
+    let any_name = tables
+        .iter()
+        .any(|(_, t)| t.labels.iter().any(|l| matches!(l, Label::Name(_))));
+    let any_int = tables
+        .iter()
+        .any(|(_, t)| t.labels.iter().any(|l| matches!(l, Label::Int(_))));
+    if any_name && any_int {
+        return Err(data_err(
+            tables[0].0,
+            "the label column is integers in one table and strings in another",
+        ));
+    }
+    if !any_name {
+        let mut max = -1i64;
+        let mut out = Vec::new();
+        for (path, t) in tables {
+            let mut v = Vec::with_capacity(t.labels.len());
+            for (row, l) in t.labels.iter().enumerate() {
+                match l {
+                    Label::Int(i) if *i < 0 => {
+                        return Err(data_err(
+                            path,
+                            format!("{}: negative label {i}", t.locate(row)),
+                        ))
+                    }
+                    Label::Int(i) => {
+                        max = max.max(*i);
+                        v.push(Some(*i));
+                    }
+                    _ => v.push(None),
+                }
+            }
+            out.push(v);
+        }
+        return Ok(((max + 1).max(1) as usize, out));
+    }
+    let mut names: Vec<&str> = tables[0]
+        .1
+        .labels
+        .iter()
+        .filter_map(|l| match l {
+            Label::Name(n) => Some(n.as_str()),
+            _ => None,
+        })
+        .collect();
+    names.sort_unstable();
+    names.dedup();
+    let mut out = Vec::new();
+    for (path, t) in tables {
+        let mut v = Vec::with_capacity(t.labels.len());
+        for (row, l) in t.labels.iter().enumerate() {
+            match l {
+                Label::Name(n) => {
+                    let i = names.binary_search(&n.as_str()).map_err(|_| {
+                        data_err(
+                            path,
+                            format!(
+                                "{}: class `{n}` does not occur in the training table",
+                                t.locate(row)
+                            ),
+                        )
+                    })?;
+                    v.push(Some(i as i64));
+                }
+                _ => v.push(None),
+            }
+        }
+        out.push(v);
+    }
+    Ok((names.len(), out))
+}
+
+/// Opens the training and test splits.
+pub fn open_pair(cfg: &ParquetConfig, channels: usize) -> Result<(ParquetSource, ParquetSource)> {
+    let train = read_table(&cfg.train, cfg)?;
+    let test = match &cfg.test {
+        Some(t) => Some(read_table(t, cfg)?),
+        None => None,
+    };
+    let mut tables: Vec<(&Path, &Table)> = vec![(&cfg.train, &train)];
+    if let (Some(p), Some(t)) = (&cfg.test, &test) {
+        tables.push((p, t));
+    }
+    let (classes, mut labels) = class_indices(&tables)?;
+    let train_labels = Arc::new(labels.remove(0));
+    let train_rows = train.spans.len();
+    let train = Arc::new(train);
+    let source =
+        |table: Arc<Table>, rows: Vec<usize>, labels: Arc<Vec<Option<i64>>>| ParquetSource {
+            table,
+            rows,
+            labels,
+            classes,
+            channels,
+        };
+    match test {
+        Some(t) => {
+            let n = t.spans.len();
+            Ok((
+                source(train, (0..train_rows).collect(), train_labels),
+                source(Arc::new(t), (0..n).collect(), Arc::new(labels.remove(0))),
+            ))
+        }
+        None => {
+            // Null labels go to the training split, where the loader reports them.
+            let keyed: Vec<i64> = train_labels.iter().map(|l| l.unwrap_or(-1)).collect();
+            let (mut tr, te): (Vec<usize>, Vec<usize>) =
+                super::fraction_split(&keyed, cfg.test_fraction.unwrap_or(0.0));
+            let null_rows: Vec<usize> = te.iter().copied().filter(|&r| keyed[r] < 0).collect();
+            let te: Vec<usize> = te.into_iter().filter(|&r| keyed[r] >= 0).collect();
+            tr.extend(null_rows);
+            tr.sort_unstable();
+            Ok((
+                source(train.clone(), tr, train_labels.clone()),
+                source(train, te, train_labels),
+            ))
+        }
+    }
+}
+
+/// Writes a Parquet table in the HF `datasets` layout: `image: struct {bytes, path}` (or a
+/// plain binary column with `plain_binary`) and `label: int64`. `None` images or labels are
+/// written as nulls. For tests and fixtures; written atomically.
+pub fn write_table(
+    path: &Path,
+    rows: &[(Option<Vec<u8>>, Option<i64>)],
+    plain_binary: bool,
+) -> Result<()> {
+    use arrow::array::{BinaryArray, Int64Array, RecordBatch, StringArray, StructArray};
+    use arrow::datatypes::{Field, Fields, Schema};
+    let bytes = Arc::new(BinaryArray::from_iter(rows.iter().map(|r| r.0.as_deref())));
+    let labels = Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.1)));
+    let image: ArrayRef = if plain_binary {
+        bytes
+    } else {
+        let paths = Arc::new(StringArray::from_iter(
+            (0..rows.len()).map(|i| Some(format!("{i}.png"))),
+        ));
+        let fields = Fields::from(vec![
+            Field::new("bytes", DataType::Binary, true),
+            Field::new("path", DataType::Utf8, true),
+        ]);
+        Arc::new(StructArray::new(fields, vec![bytes, paths], None))
+    };
+    let schema = Arc::new(Schema::new(vec![
+        Field::new("image", image.data_type().clone(), true),
+        Field::new("label", DataType::Int64, true),
+    ]));
+    let batch = RecordBatch::try_new(schema.clone(), vec![image, labels])
+        .map_err(|e| data_err(path, e.to_string()))?;
+    let mut out = Vec::new();
+    let mut w = ::parquet::arrow::ArrowWriter::try_new(&mut out, schema, None)
+        .map_err(|e| data_err(path, e.to_string()))?;
+    w.write(&batch).map_err(|e| data_err(path, e.to_string()))?;
+    w.close().map_err(|e| data_err(path, e.to_string()))?;
+    crate::report::write_atomic(path, &out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::source::decode::encode;
+    use crate::source::RawImage;
+    use image::ImageFormat;
+
+    fn png(h: usize, w: usize, v: u8) -> Vec<u8> {
+        let img = RawImage {
+            channels: 3,
+            height: h,
+            width: w,
+            data: vec![v; 3 * h * w],
+        };
+        encode(&img, ImageFormat::Png).unwrap()
+    }
+
+    fn cfg(train: PathBuf) -> ParquetConfig {
+        ParquetConfig {
+            train,
+            test: None,
+            test_fraction: Some(0.25),
+            image_column: "image".into(),
+            label_column: "label".into(),
+        }
+    }
+
+    #[test]
+    fn reads_the_hf_struct_layout_and_plain_binary() {
+        let t = tempfile::tempdir().unwrap();
+        for plain in [false, true] {
+            let f = t.path().join(format!("train-{plain}.parquet"));
+            let rows: Vec<_> = (0..8)
+                .map(|i| (Some(png(3 + i, 4, i as u8 * 20)), Some((i % 2) as i64)))
+                .collect();
+            write_table(&f, &rows, plain).unwrap();
+            let (train, test) = open_pair(&cfg(f), 3).unwrap();
+            assert_eq!((train.len(), test.len()), (6, 2));
+            assert_eq!(train.num_classes(), 2);
+            for src in [&train, &test] {
+                for i in 0..src.len() {
+                    let s = src.get(i).unwrap();
+                    // Row r has height 3 + r and label r % 2.
+                    let row: usize = src.locate(i).rsplit('#').next().unwrap().parse().unwrap();
+                    assert_eq!(s.image.height, 3 + row);
+                    assert_eq!(s.label, (row % 2) as i64);
+                    assert_eq!(s.image.data[0], row as u8 * 20);
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn a_folder_of_files_and_a_test_table() {
+        let t = tempfile::tempdir().unwrap();
+        let d = t.path().join("train");
+        std::fs::create_dir(&d).unwrap();
+        write_table(
+            &d.join("b.parquet"),
+            &[(Some(png(2, 2, 1)), Some(3))],
+            false,
+        )
+        .unwrap();
+        write_table(
+            &d.join("a.parquet"),
+            &[(Some(png(2, 2, 2)), Some(0))],
+            false,
+        )
+        .unwrap();
+        let tf = t.path().join("test.parquet");
+        write_table(&tf, &[(Some(png(2, 2, 3)), Some(1))], true).unwrap();
+        let mut c = cfg(d);
+        c.test_fraction = None;
+        c.test = Some(tf);
+        let (train, test) = open_pair(&c, 1).unwrap();
+        assert_eq!(train.num_classes(), 4);
+        assert!(train.locate(0).ends_with("a.parquet#0"));
+        assert_eq!(train.get(1).unwrap().label, 3);
+        assert_eq!(test.get(0).unwrap().image.channels, 1);
+    }
+
+    #[test]
+    fn bad_tables_fail_at_open_and_bad_rows_at_get() {
+        let t = tempfile::tempdir().unwrap();
+        let f = t.path().join("t.parquet");
+        write_table(
+            &f,
+            &[
+                (Some(png(2, 2, 1)), Some(0)),
+                (None, Some(1)),
+                (Some(b"garbage".to_vec()), Some(0)),
+                (Some(png(2, 2, 1)), None),
+            ],
+            false,
+        )
+        .unwrap();
+        let mut c = cfg(f.clone());
+        c.test_fraction = Some(0.0);
+        let (train, _) = open_pair(&c, 3).unwrap();
+        assert_eq!(train.len(), 4);
+        assert!(train.get(0).is_ok());
+        let e = train.get(1).unwrap_err().to_string();
+        assert!(e.contains("t.parquet#1") && e.contains("null image"), "{e}");
+        let e = train.get(2).unwrap_err().to_string();
+        assert!(
+            e.contains("t.parquet#2") && e.contains("not a JPEG or PNG"),
+            "{e}"
+        );
+        let e = train.get(3).unwrap_err().to_string();
+        assert!(e.contains("null label"), "{e}");
+
+        c.label_column = "class".into();
+        let e = open_pair(&c, 3).unwrap_err().to_string();
+        assert!(
+            e.contains("no column `class`") && e.contains("image, label"),
+            "{e}"
+        );
+        c.label_column = "image".into();
+        let e = open_pair(&c, 3).unwrap_err().to_string();
+        assert!(e.contains("expected integer class indices"), "{e}");
+        c.label_column = "label".into();
+        c.image_column = "label".into();
+        let e = open_pair(&c, 3).unwrap_err().to_string();
+        assert!(e.contains("expected binary image bytes"), "{e}");
+
+        let bytes = std::fs::read(&f).unwrap();
+        std::fs::write(&f, &bytes[..bytes.len() / 2]).unwrap();
+        let e = open_pair(&cfg(f.clone()), 3).unwrap_err().to_string();
+        assert!(e.contains("t.parquet") && e.contains("Parquet"), "{e}");
+        std::fs::write(&f, b"PAR1 this is not parquet at all PAR1").unwrap();
+        let e = open_pair(&cfg(f.clone()), 3).unwrap_err().to_string();
+        assert!(e.contains("t.parquet"), "{e}");
+        std::fs::write(&f, b"").unwrap();
+        let e = open_pair(&cfg(f), 3).unwrap_err().to_string();
+        assert!(e.contains("t.parquet"), "{e}");
+    }
+}
