@@ -193,6 +193,9 @@ pub struct Cell {
     pub accuracy_at_budget: Stat,
     /// Runs whose accuracy at the budget came from before their first evaluation.
     pub budget_before_first_evaluation: usize,
+    /// Runs that had finished training before T: their accuracy at T is their final one
+    /// (they stopped; given the budget, they could have trained on).
+    pub budget_after_last_evaluation: usize,
     /// Per-epoch mean test accuracy (epochs every run of the cell has).
     pub accuracy_by_epoch: Vec<f64>,
     /// Per-epoch mean wall-clock seconds.
@@ -324,6 +327,10 @@ pub fn summarize(
             },
             accuracy_at_budget: Stat::of(&at_budget.iter().map(|a| a.0).collect::<Vec<_>>()),
             budget_before_first_evaluation: at_budget.iter().filter(|a| a.1).count(),
+            budget_after_last_evaluation: mine
+                .iter()
+                .filter(|(_, rec)| rec.curve_end() < budget)
+                .count(),
             accuracy_by_epoch: per_epoch(&|e| e.test_accuracy),
             seconds_by_epoch: per_epoch(&|e| e.wall_seconds),
             staleness,
@@ -400,19 +407,22 @@ pub fn markdown(cfg: &EvalConfig, s: &Summary) -> String {
          | time to {target:.2}% (s) | accuracy at T (%) | staleness (steps, mean / max) |\n"
     ));
     md.push_str("|---|---|---|---|---|---|---|---|---|\n");
-    let mut dagger = false;
+    let (mut dagger, mut double_dagger) = (false, false);
     for c in &s.cells {
         let ttt = match (&c.time_to_target.seconds, c.time_to_target.reached) {
             (None, _) => "not reached".to_string(),
             (Some(t), r) if r == c.time_to_target.runs => secs(*t),
             (Some(t), r) => format!("{} ({r}/{} reached)", secs(*t), c.time_to_target.runs),
         };
-        let mark = if c.budget_before_first_evaluation > 0 {
+        let mut mark = String::new();
+        if c.budget_before_first_evaluation > 0 {
             dagger = true;
-            " †"
-        } else {
-            ""
-        };
+            mark.push_str(" †");
+        }
+        if c.budget_after_last_evaluation > 0 {
+            double_dagger = true;
+            mark.push_str(" ‡");
+        }
         let stale = c.staleness.as_ref().map_or("—".to_string(), |st| {
             format!("{:.1} / {}", st.mean, st.max)
         });
@@ -444,6 +454,13 @@ pub fn markdown(cfg: &EvalConfig, s: &Summary) -> String {
              line from chance accuracy ({:.0}%) at 0 s to the first evaluation, a guess.\n",
             100.0 * s.chance
         ));
+    }
+    if double_dagger {
+        md.push_str(
+            "\n‡ Some of these runs had finished their last epoch before T: their value is their \
+             final accuracy. They stopped early, not because the budget ran out; compare them \
+             with runs given more epochs (docs/results/README.md does).\n",
+        );
     }
     if !s.failed.is_empty() {
         md.push_str("\n## Failed runs\n\n");

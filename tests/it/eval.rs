@@ -187,6 +187,32 @@ fn tiny_grid_writes_a_table_and_plots_that_match_the_run_reports() {
         before,
         std::fs::read(out.join("runs/loss_r0.25_s4.json")).unwrap()
     );
+    // A budget past every run's end: nothing runs again, and every cell is marked as holding
+    // its final accuracy (a stopped run, not one the budget cut short).
+    let long = dir.path().join("eval-long-budget.yaml");
+    std::fs::write(
+        &long,
+        std::fs::read_to_string(&file)
+            .unwrap()
+            .replace("grid:\n", "grid:\n  budget_seconds: 100000\n"),
+    )
+    .unwrap();
+    let o = bin().arg("eval").arg(&long).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    assert!(text(&o).contains("0 run now, 4 skipped"), "{}", text(&o));
+    let md = std::fs::read_to_string(out.join("results.md")).unwrap();
+    let summary = json(&out.join("results.json"));
+    for (ratio, policy, name) in names {
+        let r = row(&md, ratio, policy);
+        let acc = json(&out.join("runs").join(format!("{name}.json")))["final_test_accuracy"]
+            .as_f64()
+            .unwrap();
+        assert_eq!(r[8], format!("{:.2} ± 0.00 ‡", 100.0 * acc), "{name}");
+    }
+    for c in summary["cells"].as_array().unwrap() {
+        assert_eq!(c["budget_after_last_evaluation"], 1, "{c}");
+    }
+    assert!(md.contains("‡ Some of these runs had finished"), "{md}");
 
     // viz on the grid's reference: both pictures, the spectral one square-ish.
     let pipe = dir.path().join("p.yaml");
