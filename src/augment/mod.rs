@@ -308,6 +308,17 @@ fn sample_err(message: impl Into<String>) -> Error {
     }
 }
 
+/// The message for an image that leaves the op list as another shape than `(c, h, w)`, the
+/// one every image must have (`None` when it has it).
+pub fn shape_mismatch(img: &Image, (c, h, w): (usize, usize, usize)) -> Option<String> {
+    ((img.channels, img.height, img.width) != (c, h, w)).then(|| {
+        format!(
+            "image comes out of the augmentation ops as {}x{}x{}, not {c}x{h}x{w} like the others",
+            img.channels, img.height, img.width
+        )
+    })
+}
+
 impl Augmenter {
     /// Builds from the config's op list (validated by the config).
     pub fn new(ops: Vec<AugmentOp>) -> Self {

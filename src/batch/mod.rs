@@ -303,12 +303,8 @@ fn build(
                 Error::Sample { message, .. } => sample_err(message),
                 e => e,
             })?;
-            if (img.channels, img.height, img.width) != (c, h, w) {
-                return Err(sample_err(format!(
-                    "image comes out of the augmentation ops as {}x{}x{}, not {c}x{h}x{w} \
-                     like the others",
-                    img.channels, img.height, img.width
-                )));
+            if let Some(m) = crate::augment::shape_mismatch(&img, (c, h, w)) {
+                return Err(sample_err(m));
             }
             Ok((s.id, s.label, img))
         });

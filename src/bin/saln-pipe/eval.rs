@@ -144,14 +144,7 @@ pub fn eval(path: &Path) -> ExitCode {
                 ExitCode::from(1)
             }
         }
-        Err(e @ saln::Error::ConfigInvalid { .. }) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
-        }
+        Err(e) => crate::fail(&e),
     }
 }
 
@@ -171,13 +164,6 @@ pub fn viz(cfg: &saln::config::PipelineConfig, superbatch: u64, out: &Path) -> E
             println!("{}", v.spectrum.display());
             ExitCode::SUCCESS
         }
-        Err(e @ saln::Error::ConfigInvalid { .. }) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
-        }
+        Err(e) => crate::fail(&e),
     }
 }

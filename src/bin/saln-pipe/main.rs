@@ -117,6 +117,28 @@ fn load(path: &std::path::Path) -> Result<PipelineConfig, ExitCode> {
 
 type Job = fn(&PipelineConfig, Cancel, Option<pipeline::Observer>) -> saln::Result<Report>;
 
+/// Prints a library error and gives the exit code: 2 for an invalid configuration, else 1.
+fn fail(e: &saln::Error) -> ExitCode {
+    eprintln!("error: {e}");
+    match e {
+        saln::Error::ConfigInvalid { .. } => ExitCode::from(2),
+        _ => ExitCode::from(1),
+    }
+}
+
+/// The async runtime of the signal handler and the pipeline's driver: one worker thread
+/// (the stages run on their own threads).
+fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
+    tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(1)
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            eprintln!("error: cannot start the runtime: {e}");
+            ExitCode::from(1)
+        })
+}
+
 /// Waits for Ctrl-C or SIGTERM, then cancels the run (it stops after the current super-batch).
 async fn stop_on_signal(cancel: Cancel) {
     #[cfg(unix)]
@@ -221,16 +243,9 @@ fn run_loader_only(cfg: &PipelineConfig) -> ExitCode {
     let cancel = Cancel::default();
     // Ctrl-C / SIGTERM stop the run after the current super-batch; the report still gets
     // written, with `status: cancelled`.
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     let signals = rt.spawn(stop_on_signal(cancel.clone()));
     let result = saln::batch::loader_only::run(cfg, cancel);
@@ -260,14 +275,7 @@ fn run_loader_only(cfg: &PipelineConfig) -> ExitCode {
                 _ => ExitCode::SUCCESS,
             }
         }
-        Err(e @ saln::Error::ConfigInvalid { .. }) => {
-            eprintln!("error: {e}");
-            ExitCode::from(2)
-        }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
-        }
+        Err(e) => crate::fail(&e),
     }
 }
 
@@ -416,16 +424,9 @@ fn main() -> ExitCode {
 }
 
 fn block_on(job: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
-    let rt = match tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-    {
+    let rt = match runtime() {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("error: cannot start the runtime: {e}");
-            return ExitCode::from(1);
-        }
+        Err(code) => return code,
     };
     match rt.block_on(job) {
         Ok(code) => code,
