@@ -153,6 +153,14 @@ impl Error {
         }
     }
 
+    /// An [`Error::Data`]: the file at `path` is missing, unreadable or malformed.
+    pub fn data(path: impl Into<PathBuf>, message: impl Into<String>) -> Error {
+        Error::Data {
+            path: path.into(),
+            message: message.into(),
+        }
+    }
+
     /// An [`Error::Io`] for `path`.
     pub fn io(path: impl Into<PathBuf>, source: std::io::Error) -> Error {
         Error::Io {

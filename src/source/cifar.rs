@@ -59,13 +59,6 @@ pub struct CifarSource {
     starts: Vec<usize>,
 }
 
-fn data_err(path: &Path, message: impl Into<String>) -> Error {
-    Error::Data {
-        path: path.to_path_buf(),
-        message: message.into(),
-    }
-}
-
 impl CifarSource {
     /// Reads and checks `paths`.
     pub fn open(paths: &[PathBuf]) -> Result<CifarSource> {
@@ -74,10 +67,10 @@ impl CifarSource {
         for path in paths {
             let bytes = std::fs::read(path).map_err(|e| Error::io(path, e))?;
             if bytes.is_empty() {
-                return Err(data_err(path, "empty file (0 bytes)"));
+                return Err(Error::data(path, "empty file (0 bytes)"));
             }
             if bytes.len() % RECORD != 0 {
-                return Err(data_err(
+                return Err(Error::data(
                     path,
                     format!(
                         "{} bytes is not a whole number of {RECORD}-byte CIFAR-10 records \
@@ -90,7 +83,7 @@ impl CifarSource {
                 .chunks_exact(RECORD)
                 .position(|r| r[0] as usize >= CLASSES)
             {
-                return Err(data_err(
+                return Err(Error::data(
                     path,
                     format!(
                         "record {r}: label byte {} is not a CIFAR-10 class (0..=9)",
@@ -180,7 +173,7 @@ pub fn open_pair(cfg: &Cifar10Config) -> Result<(CifarSource, CifarSource)> {
     let test = resolve(&cfg.test_files, vec!["test_batch.bin".into()]);
     for p in train.iter().chain(&test) {
         if !p.exists() {
-            return Err(data_err(
+            return Err(Error::data(
                 p,
                 "not found: `source.cifar10.dir` must hold the CIFAR-10 binary batches \
                  (data_batch_1.bin .. data_batch_5.bin, test_batch.bin)",

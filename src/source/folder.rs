@@ -52,13 +52,6 @@ impl ImageFolderConfig {
     }
 }
 
-fn data_err(path: &Path, message: impl Into<String>) -> Error {
-    Error::Data {
-        path: path.to_path_buf(),
-        message: message.into(),
-    }
-}
-
 /// Whether `path` names an image file saln decodes (by extension, any case).
 pub fn is_image_file(path: &Path) -> bool {
     path.extension()
@@ -116,14 +109,14 @@ type Scan = (Vec<String>, Vec<(PathBuf, i64)>);
 /// folder's classes must be among them; otherwise the folder defines the classes.
 fn scan(root: &Path, classes: Option<&[String]>) -> Result<Scan> {
     if !root.is_dir() {
-        return Err(data_err(
+        return Err(Error::data(
             root,
             "not a folder (expected one sub-folder of images per class)",
         ));
     }
     let dirs = class_dirs(root)?;
     if dirs.is_empty() {
-        return Err(data_err(
+        return Err(Error::data(
             root,
             "holds no class sub-folders (expected one sub-folder of images per class)",
         ));
@@ -135,7 +128,7 @@ fn scan(root: &Path, classes: Option<&[String]>) -> Result<Scan> {
     let mut entries = Vec::new();
     for (name, dir) in &dirs {
         let label = names.iter().position(|n| n == name).ok_or_else(|| {
-            data_err(
+            Error::data(
                 dir,
                 format!(
                     "class `{name}` is not a class of the training folder ({} classes)",
@@ -146,7 +139,7 @@ fn scan(root: &Path, classes: Option<&[String]>) -> Result<Scan> {
         let mut files = Vec::new();
         image_files(dir, &mut files)?;
         if files.is_empty() && classes.is_none() {
-            return Err(data_err(
+            return Err(Error::data(
                 dir,
                 format!("class folder `{name}` holds no .jpg/.jpeg/.png images"),
             ));

@@ -23,13 +23,6 @@ pub struct IdxSource {
     images_path: PathBuf,
 }
 
-fn data_err(path: &Path, message: impl Into<String>) -> Error {
-    Error::Data {
-        path: path.to_path_buf(),
-        message: message.into(),
-    }
-}
-
 /// Reads a file, gunzipping it when it starts with the gzip magic bytes.
 fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
     let raw = std::fs::read(path).map_err(|e| Error::io(path, e))?;
@@ -37,7 +30,7 @@ fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
         let mut out = Vec::with_capacity(raw.len() * 4);
         flate2::read::GzDecoder::new(&raw[..])
             .read_to_end(&mut out)
-            .map_err(|e| data_err(path, format!("corrupt gzip stream: {e}")))?;
+            .map_err(|e| Error::data(path, format!("corrupt gzip stream: {e}")))?;
         Ok(out)
     } else {
         Ok(raw)
@@ -47,30 +40,30 @@ fn read_maybe_gz(path: &Path) -> Result<Vec<u8>> {
 /// Parses an IDX header; returns the dims and the payload.
 fn parse_idx<'a>(path: &Path, bytes: &'a [u8], want_dims: usize) -> Result<(Vec<usize>, &'a [u8])> {
     if bytes.len() < 4 {
-        return Err(data_err(
+        return Err(Error::data(
             path,
             format!("{} bytes is too short for an IDX header", bytes.len()),
         ));
     }
     if bytes[0] != 0 || bytes[1] != 0 {
-        return Err(data_err(path, "not an IDX file (bad magic number)"));
+        return Err(Error::data(path, "not an IDX file (bad magic number)"));
     }
     if bytes[2] != 0x08 {
-        return Err(data_err(
+        return Err(Error::data(
             path,
             format!("IDX element type 0x{:02x} is not u8 (0x08)", bytes[2]),
         ));
     }
     let ndim = bytes[3] as usize;
     if ndim != want_dims {
-        return Err(data_err(
+        return Err(Error::data(
             path,
             format!("IDX file has {ndim} dimensions, expected {want_dims}"),
         ));
     }
     let header = 4 + 4 * ndim;
     if bytes.len() < header {
-        return Err(data_err(path, "truncated IDX header"));
+        return Err(Error::data(path, "truncated IDX header"));
     }
     let dims: Vec<usize> = (0..ndim)
         .map(|i| u32::from_be_bytes(bytes[4 + 4 * i..8 + 4 * i].try_into().unwrap()) as usize)
@@ -78,7 +71,7 @@ fn parse_idx<'a>(path: &Path, bytes: &'a [u8], want_dims: usize) -> Result<(Vec<
     let expected: usize = dims.iter().product();
     let payload = &bytes[header..];
     if payload.len() != expected {
-        return Err(data_err(
+        return Err(Error::data(
             path,
             format!(
                 "IDX header announces {dims:?} = {expected} bytes of data but the file holds {} (truncated or corrupt)",
@@ -98,7 +91,7 @@ impl IdxSource {
         let (ldims, labels) = parse_idx(labels_path, &lab_bytes, 1)?;
         let (n, height, width) = (dims[0], dims[1], dims[2]);
         if ldims[0] != n {
-            return Err(data_err(
+            return Err(Error::data(
                 labels_path,
                 format!(
                     "{} labels for {n} images in {}",
@@ -108,7 +101,10 @@ impl IdxSource {
             ));
         }
         if n == 0 || height == 0 || width == 0 {
-            return Err(data_err(images_path, format!("empty image set {dims:?}")));
+            return Err(Error::data(
+                images_path,
+                format!("empty image set {dims:?}"),
+            ));
         }
         let classes = labels.iter().copied().max().unwrap_or(0) as usize + 1;
         Ok(IdxSource {
@@ -201,7 +197,7 @@ pub fn open_pair(cfg: &IdxConfig) -> Result<(IdxSource, IdxSource)> {
         &resolve(d, "t10k-labels-idx1-ubyte", &cfg.test_labels)?,
     )?;
     if (train.height, train.width) != (test.height, test.width) {
-        return Err(data_err(
+        return Err(Error::data(
             &test.images_path,
             format!(
                 "test images are {}x{} but training images are {}x{}",

@@ -74,13 +74,6 @@ impl ListConfig {
     }
 }
 
-fn data_err(path: &Path, message: impl Into<String>) -> Error {
-    Error::Data {
-        path: path.to_path_buf(),
-        message: message.into(),
-    }
-}
-
 /// One line of a list: the image path (resolved) and the label text.
 #[derive(Debug, Clone, PartialEq)]
 struct Line {
@@ -106,14 +99,14 @@ fn read_list(file: &Path, cfg: &ListConfig) -> Result<Vec<Line>> {
         "tsv" => read_csv(file, &text, b'\t', cfg)?,
         "jsonl" | "ndjson" => read_jsonl(file, &text, cfg)?,
         other => {
-            return Err(data_err(
+            return Err(Error::data(
                 file,
                 format!("unknown list format `.{other}`: use .csv, .tsv or .jsonl"),
             ))
         }
     };
     if raw.is_empty() {
-        return Err(data_err(file, "the list holds no images"));
+        return Err(Error::data(file, "the list holds no images"));
     }
     Ok(raw
         .into_iter()
@@ -138,11 +131,11 @@ fn read_csv(
         .from_reader(text.as_bytes());
     let headers = rd
         .headers()
-        .map_err(|e| data_err(file, format!("cannot read the header row: {e}")))?
+        .map_err(|e| Error::data(file, format!("cannot read the header row: {e}")))?
         .clone();
     let col = |name: &str| {
         headers.iter().position(|h| h == name).ok_or_else(|| {
-            data_err(
+            Error::data(
                 file,
                 format!(
                     "no column `{name}` in the header row (columns: {})",
@@ -156,12 +149,12 @@ fn read_csv(
     for rec in rd.records() {
         let rec = rec.map_err(|e| {
             let line = e.position().map(|p| p.line()).unwrap_or(0);
-            data_err(file, format!("line {line}: {e}"))
+            Error::data(file, format!("line {line}: {e}"))
         })?;
         let line = rec.position().map(|p| p.line() as usize).unwrap_or(0);
         let field = |i: usize, name: &str| match rec.get(i) {
             Some(v) if !v.is_empty() => Ok(v.to_string()),
-            _ => Err(data_err(file, format!("line {line}: empty `{name}`"))),
+            _ => Err(Error::data(file, format!("line {line}: empty `{name}`"))),
         };
         out.push((
             field(pc, &cfg.path_column)?,
@@ -180,16 +173,16 @@ fn read_jsonl(file: &Path, text: &str, cfg: &ListConfig) -> Result<Vec<(String, 
             continue;
         }
         let v: serde_json::Value = serde_json::from_str(l)
-            .map_err(|e| data_err(file, format!("line {line}: not JSON: {e}")))?;
+            .map_err(|e| Error::data(file, format!("line {line}: not JSON: {e}")))?;
         let get = |key: &str| -> Result<String> {
             match v.get(key) {
                 Some(serde_json::Value::String(s)) if !s.is_empty() => Ok(s.clone()),
                 Some(serde_json::Value::Number(n)) => Ok(n.to_string()),
-                Some(other) => Err(data_err(
+                Some(other) => Err(Error::data(
                     file,
                     format!("line {line}: `{key}` is {other}, expected a string or a number"),
                 )),
-                None => Err(data_err(file, format!("line {line}: no key `{key}`"))),
+                None => Err(Error::data(file, format!("line {line}: no key `{key}`"))),
             }
         };
         out.push((get(&cfg.path_column)?, get(&cfg.label_column)?, line));
@@ -210,7 +203,7 @@ fn label_lists(lists: &[(&Path, &[Line])]) -> Result<(usize, Vec<Vec<i64>>)> {
             for l in *ls {
                 let v: i64 = l.label.parse().unwrap_or(-1);
                 if v < 0 {
-                    return Err(data_err(
+                    return Err(Error::data(
                         file,
                         format!("line {}: negative label {v}", l.line),
                     ));
@@ -231,7 +224,7 @@ fn label_lists(lists: &[(&Path, &[Line])]) -> Result<(usize, Vec<Vec<i64>>)> {
         let mut labels = Vec::with_capacity(ls.len());
         for l in *ls {
             let i = names.binary_search(&l.label.as_str()).map_err(|_| {
-                data_err(
+                Error::data(
                     file,
                     format!(
                         "line {}: class `{}` does not occur in the training list",

@@ -73,13 +73,6 @@ impl ParquetConfig {
     }
 }
 
-fn data_err(path: &Path, message: impl Into<String>) -> Error {
-    Error::Data {
-        path: path.to_path_buf(),
-        message: message.into(),
-    }
-}
-
 /// A label as stored.
 #[derive(Debug, Clone, PartialEq)]
 enum Label {
@@ -120,13 +113,13 @@ fn table_files(path: &Path) -> Result<Vec<PathBuf>> {
             .collect();
         files.sort();
         if files.is_empty() {
-            return Err(data_err(path, "folder holds no .parquet files"));
+            return Err(Error::data(path, "folder holds no .parquet files"));
         }
         Ok(files)
     } else if path.exists() {
         Ok(vec![path.to_path_buf()])
     } else {
-        Err(data_err(path, "not found"))
+        Err(Error::data(path, "not found"))
     }
 }
 
@@ -222,11 +215,11 @@ fn read_file(path: &Path, cfg: &ParquetConfig, table: &mut Table) -> Result<()> 
     use ::parquet::arrow::ProjectionMask;
     let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
-        .map_err(|e| data_err(path, format!("not a readable Parquet file: {e}")))?;
+        .map_err(|e| Error::data(path, format!("not a readable Parquet file: {e}")))?;
     let schema = builder.schema().clone();
     let find = |name: &str| {
         schema.index_of(name).map_err(|_| {
-            data_err(
+            Error::data(
                 path,
                 format!(
                     "no column `{name}` (columns: {})",
@@ -245,21 +238,21 @@ fn read_file(path: &Path, cfg: &ParquetConfig, table: &mut Table) -> Result<()> 
     let reader = builder
         .with_projection(mask)
         .build()
-        .map_err(|e| data_err(path, format!("cannot read: {e}")))?;
+        .map_err(|e| Error::data(path, format!("cannot read: {e}")))?;
     for batch in reader {
-        let batch = batch.map_err(|e| data_err(path, format!("corrupt Parquet data: {e}")))?;
+        let batch = batch.map_err(|e| Error::data(path, format!("corrupt Parquet data: {e}")))?;
         let (Some(img), Some(lab)) = (
             batch.column_by_name(&cfg.image_column),
             batch.column_by_name(&cfg.label_column),
         ) else {
-            return Err(data_err(
+            return Err(Error::data(
                 path,
                 "projected columns missing from a record batch",
             ));
         };
-        let bytes = image_bytes(img, &cfg.image_column).map_err(|m| data_err(path, m))?;
+        let bytes = image_bytes(img, &cfg.image_column).map_err(|m| Error::data(path, m))?;
         let bytes = bytes.as_binary::<i64>();
-        let labels = labels_of(lab, &cfg.label_column).map_err(|m| data_err(path, m))?;
+        let labels = labels_of(lab, &cfg.label_column).map_err(|m| Error::data(path, m))?;
         for i in 0..bytes.len() {
             if bytes.is_null(i) {
                 table.spans.push(None);
@@ -286,7 +279,7 @@ fn read_table(path: &Path, cfg: &ParquetConfig) -> Result<Table> {
         match r {
             Ok(r) => r?,
             Err(p) => {
-                return Err(data_err(
+                return Err(Error::data(
                     &f,
                     format!(
                         "the Parquet reader panicked (corrupt file?): {}",
@@ -299,7 +292,7 @@ fn read_table(path: &Path, cfg: &ParquetConfig) -> Result<Table> {
         table.files.push(f);
     }
     if table.spans.is_empty() {
-        return Err(data_err(path, "the table holds no rows"));
+        return Err(Error::data(path, "the table holds no rows"));
     }
     Ok(table)
 }
@@ -377,7 +370,7 @@ fn class_indices(tables: &[(&Path, &Table)]) -> Result<(usize, Vec<Vec<Option<i6
         .iter()
         .any(|(_, t)| t.labels.iter().any(|l| matches!(l, Label::Int(_))));
     if any_name && any_int {
-        return Err(data_err(
+        return Err(Error::data(
             tables[0].0,
             "the label column is integers in one table and strings in another",
         ));
@@ -390,7 +383,7 @@ fn class_indices(tables: &[(&Path, &Table)]) -> Result<(usize, Vec<Vec<Option<i6
             for (row, l) in t.labels.iter().enumerate() {
                 match l {
                     Label::Int(i) if *i < 0 => {
-                        return Err(data_err(
+                        return Err(Error::data(
                             path,
                             format!("{}: negative label {i}", t.locate(row)),
                         ))
@@ -424,7 +417,7 @@ fn class_indices(tables: &[(&Path, &Table)]) -> Result<(usize, Vec<Vec<Option<i6
             match l {
                 Label::Name(n) => {
                     let i = names.binary_search(&n.as_str()).map_err(|_| {
-                        data_err(
+                        Error::data(
                             path,
                             format!(
                                 "{}: class `{n}` does not occur in the training table",
@@ -519,12 +512,13 @@ pub fn write_table(
         Field::new("label", DataType::Int64, true),
     ]));
     let batch = RecordBatch::try_new(schema.clone(), vec![image, labels])
-        .map_err(|e| data_err(path, e.to_string()))?;
+        .map_err(|e| Error::data(path, e.to_string()))?;
     let mut out = Vec::new();
     let mut w = ::parquet::arrow::ArrowWriter::try_new(&mut out, schema, None)
-        .map_err(|e| data_err(path, e.to_string()))?;
-    w.write(&batch).map_err(|e| data_err(path, e.to_string()))?;
-    w.close().map_err(|e| data_err(path, e.to_string()))?;
+        .map_err(|e| Error::data(path, e.to_string()))?;
+    w.write(&batch)
+        .map_err(|e| Error::data(path, e.to_string()))?;
+    w.close().map_err(|e| Error::data(path, e.to_string()))?;
     crate::report::write_atomic(path, &out)
 }
 
