@@ -82,6 +82,33 @@ pub struct PipelineConfig {
     pub loader_only: Option<LoaderOnlyConfig>,
 }
 
+/// Parses `text` (from `origin`, named in messages) as a `T` and checks it with `validate`:
+/// a syntax, type or unknown-key error is an [`Error::ConfigParse`]; value problems are one
+/// [`Error::ConfigInvalid`] holding all of them, each placed on its line by `line_of(key)`.
+pub(crate) fn parse_validated<T: serde::de::DeserializeOwned>(
+    text: &str,
+    origin: &Path,
+    validate: impl FnOnce(&T) -> Vec<ConfigIssue>,
+    line_of: impl Fn(&str) -> Option<usize>,
+) -> Result<T> {
+    let cfg: T = serde_saphyr::from_str(text).map_err(|e| Error::ConfigParse {
+        path: origin.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    let mut issues = validate(&cfg);
+    for i in &mut issues {
+        i.line = line_of(&i.key);
+    }
+    if issues.is_empty() {
+        Ok(cfg)
+    } else {
+        Err(Error::ConfigInvalid {
+            path: origin.to_path_buf(),
+            issues,
+        })
+    }
+}
+
 /// The 1-based line where the dotted `key` (e.g. `selection.keep_ratio`, `augment.ops[2]`)
 /// is written in `text`, found by looking for each segment as a YAML key after the previous
 /// one (block or flow style). `None` when the key is not written (a default was used).
@@ -196,23 +223,9 @@ impl PipelineConfig {
 
     /// Parses and validates YAML text; `origin` names it in messages.
     pub fn from_yaml_str(text: &str, origin: impl AsRef<Path>) -> Result<Self> {
-        let origin = origin.as_ref();
-        let cfg: PipelineConfig = serde_saphyr::from_str(text).map_err(|e| Error::ConfigParse {
-            path: origin.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        let mut issues = cfg.validate();
-        for i in &mut issues {
-            i.line = locate_key(text, &i.key);
-        }
-        if issues.is_empty() {
-            Ok(cfg)
-        } else {
-            Err(Error::ConfigInvalid {
-                path: origin.to_path_buf(),
-                issues,
-            })
-        }
+        parse_validated(text, origin.as_ref(), Self::validate, |key| {
+            locate_key(text, key)
+        })
     }
 
     /// Every value problem, each with its key path. Empty when the config is usable.

@@ -49,7 +49,7 @@ use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
-use crate::config::{locate_key, PipelineConfig};
+use crate::config::{locate_key, parse_validated, PipelineConfig};
 use crate::error::{ConfigIssue, Error, Result};
 use crate::extract::backbone::ExtractorKind;
 use crate::pipeline::{self, Cancel, Event};
@@ -229,27 +229,13 @@ impl EvalConfig {
 
     /// Parses and validates eval YAML; `origin` names it in messages.
     pub fn from_yaml_str(text: &str, origin: impl AsRef<Path>) -> Result<EvalConfig> {
-        let origin = origin.as_ref();
-        let cfg: EvalConfig = serde_saphyr::from_str(text).map_err(|e| Error::ConfigParse {
-            path: origin.to_path_buf(),
-            message: e.to_string(),
-        })?;
-        let mut issues = cfg.validate();
-        for i in &mut issues {
+        parse_validated(text, origin.as_ref(), Self::validate, |key| {
             // An item of a flow list (`[1, 1.5]`) has no line of its own: the list's.
-            i.line = locate_key(text, &i.key).or_else(|| {
-                let (list, _) = i.key.rsplit_once('[')?;
+            locate_key(text, key).or_else(|| {
+                let (list, _) = key.rsplit_once('[')?;
                 locate_key(text, list)
-            });
-        }
-        if issues.is_empty() {
-            Ok(cfg)
-        } else {
-            Err(Error::ConfigInvalid {
-                path: origin.to_path_buf(),
-                issues,
             })
-        }
+        })
     }
 
     /// Every problem of the file: the base pipeline's, the grid's, and those of each run's
