@@ -207,58 +207,33 @@ impl ResNet {
                 let p = format!("layer{}.{b}", l + 1);
                 let stride = if l > 0 && b == 0 { 2 } else { 1 };
                 let c_out = width * expansion;
-                let convs = if arch.bottleneck() {
+                // (in, out, kernel, stride, padding) of conv1, conv2[, conv3], each with its
+                // batch norm: torchvision's BasicBlock and Bottleneck.
+                let specs = if arch.bottleneck() {
                     vec![
-                        w.conv_bn(
-                            &format!("{p}.conv1"),
-                            &format!("{p}.bn1"),
-                            c_in,
-                            width,
-                            1,
-                            1,
-                            0,
-                        )?,
-                        w.conv_bn(
-                            &format!("{p}.conv2"),
-                            &format!("{p}.bn2"),
-                            width,
-                            width,
-                            3,
-                            stride,
-                            1,
-                        )?,
-                        w.conv_bn(
-                            &format!("{p}.conv3"),
-                            &format!("{p}.bn3"),
-                            width,
-                            c_out,
-                            1,
-                            1,
-                            0,
-                        )?,
+                        (c_in, width, 1, 1, 0),
+                        (width, width, 3, stride, 1),
+                        (width, c_out, 1, 1, 0),
                     ]
                 } else {
-                    vec![
-                        w.conv_bn(
-                            &format!("{p}.conv1"),
-                            &format!("{p}.bn1"),
-                            c_in,
-                            width,
-                            3,
-                            stride,
-                            1,
-                        )?,
-                        w.conv_bn(
-                            &format!("{p}.conv2"),
-                            &format!("{p}.bn2"),
-                            width,
-                            width,
-                            3,
-                            1,
-                            1,
-                        )?,
-                    ]
+                    vec![(c_in, width, 3, stride, 1), (width, width, 3, 1, 1)]
                 };
+                let convs = specs
+                    .into_iter()
+                    .enumerate()
+                    .map(|(i, (ci, co, k, s, pad))| {
+                        let n = i + 1;
+                        w.conv_bn(
+                            &format!("{p}.conv{n}"),
+                            &format!("{p}.bn{n}"),
+                            ci,
+                            co,
+                            k,
+                            s,
+                            pad,
+                        )
+                    })
+                    .collect::<Result<Vec<_>>>()?;
                 let downsample = if stride != 1 || c_in != c_out {
                     Some(w.conv_bn(
                         &format!("{p}.downsample.0"),
