@@ -2,7 +2,6 @@
 //! reference CNN pretrained on its held-out share, made once per test process.
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use saln::config::PipelineConfig;
 
@@ -127,15 +126,7 @@ fn base_config(tmp: &Path) -> PipelineConfig {
     PipelineConfig::from_yaml_str(&yaml, "fixture.yaml").unwrap()
 }
 
-/// Runs `f` on another thread and fails the test if it takes longer than `limit`.
-pub fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(limit)
-        .unwrap_or_else(|_| panic!("did not finish within {limit:?}"))
-}
+pub use crate::within::within;
 
 /// `keep_count` of every super-batch of one epoch of the learner share.
 pub fn kept_per_epoch(keep_ratio: f64) -> usize {

@@ -5,3 +5,5 @@ mod export;
 mod fixtures;
 mod loader;
 mod selection;
+#[path = "../it/within.rs"]
+mod within;

@@ -1,7 +1,6 @@
 //! Helpers shared by the integration tests.
 use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
-use std::time::Duration;
 
 use saln::config::PipelineConfig;
 
@@ -127,13 +126,4 @@ pub fn synthetic_idx(dir: &Path, train: usize, test: usize) -> PathBuf {
     root
 }
 
-/// Runs `f` on a thread and fails the test if it has not finished within `limit`: a test of
-/// shutdown must fail, not hang.
-pub fn within<T: Send + 'static>(limit: Duration, f: impl FnOnce() -> T + Send + 'static) -> T {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(f());
-    });
-    rx.recv_timeout(limit)
-        .unwrap_or_else(|_| panic!("did not finish within {limit:?}"))
-}
+pub use super::within::within;

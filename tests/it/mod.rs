@@ -4,3 +4,4 @@ pub mod common;
 pub mod docs;
 pub mod eval;
 pub mod pipeline;
+pub mod within;
