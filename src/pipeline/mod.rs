@@ -171,6 +171,8 @@ pub struct RunInfo {
     pub device: tch::Device,
     /// The augmenter (its deterministic part also prepares test images).
     pub augmenter: Arc<Augmenter>,
+    /// Super-batches the loader emits per epoch for this rank (each is one optimizer step).
+    pub superbatches_per_epoch: usize,
 }
 
 /// What the front half did.
@@ -254,6 +256,7 @@ impl Curation {
         let (sb_tx, sb_rx) = tokio::sync::mpsc::channel(cfg.channels.loader_to_extract);
         let (sub_tx, sub_rx) = tokio::sync::mpsc::channel(cfg.channels.extract_to_train);
         let plan = LoaderPlan::from_config(cfg, split.learner.clone(), cfg.trainer.epochs)?;
+        let per_epoch = superbatches_per_epoch(&plan);
         let loader = {
             let (src, aug, st, c) = (
                 data.train.clone(),
@@ -283,6 +286,7 @@ impl Curation {
                     classes,
                     device,
                     augmenter,
+                    superbatches_per_epoch: per_epoch,
                 },
                 stats,
                 cancel,
@@ -386,8 +390,7 @@ pub fn run_with(
         info.device,
     );
     // One optimizer step per super-batch of this rank's share.
-    let total_steps = LoaderPlan::from_config(cfg, info.split.learner.clone(), cfg.trainer.epochs)
-        .map(|plan| (superbatches_per_epoch(&plan) * cfg.trainer.epochs) as u64);
+    let total_steps = (info.superbatches_per_epoch * cfg.trainer.epochs) as u64;
     let export = |sub_rx: tokio::sync::mpsc::Receiver<Msg<SubBatch>>| -> Result<_> {
         let Some(e) = &cfg.export else {
             return Ok((sub_rx, None));
@@ -407,7 +410,7 @@ pub fn run_with(
             cfg.seed,
             info.device,
             (test.x, test.y),
-            total_steps?,
+            total_steps,
         )
     });
     let trainer = trainer.and_then(|mut t| {
