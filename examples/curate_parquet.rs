@@ -40,7 +40,7 @@ pub fn curate(data: &Path, out: &Path) -> Result<Outcome, Box<dyn std::error::Er
     );
     let cfg = PipelineConfig::from_yaml_str(&yaml, "curate_parquet.yaml")?;
     if !cfg.extractor.weights.exists() {
-        let s = saln::extract::pretrain::pretrain(&cfg, &mut |_, _| {})?;
+        let s = saln::pipeline::pretrain(&cfg, &mut |_, _| {})?;
         println!(
             "reference model: {} held-out images, test accuracy {:.1}%",
             s.samples,

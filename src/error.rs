@@ -26,6 +26,65 @@ impl std::fmt::Display for ConfigIssue {
     }
 }
 
+/// Collects configuration problems; each section's `validate` adds to it.
+#[derive(Debug, Default)]
+pub struct Issues(pub Vec<ConfigIssue>);
+
+impl Issues {
+    /// Records a problem with `key` (a dotted path).
+    pub fn at(&mut self, key: &str, message: impl Into<String>) {
+        self.0.push(ConfigIssue {
+            key: key.into(),
+            message: message.into(),
+            line: None,
+        })
+    }
+
+    /// Records `message` under `key` when `ok` is false.
+    pub fn check(&mut self, ok: bool, key: &str, message: impl FnOnce() -> String) {
+        if !ok {
+            self.at(key, message())
+        }
+    }
+}
+
+/// A sample of a super-batch that selection cannot use (a zero or non-finite feature vector,
+/// a non-finite loss), named by its position in the super-batch. The position travels as a
+/// value, so the stage that knows the super-batch's ids can name the sample's id
+/// ([`Error::BadSample`]) without reading it back out of a message.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct SampleFault {
+    /// 0-based position in the super-batch.
+    pub position: usize,
+    /// What of the sample is at fault: `feature vector`, `loss`.
+    pub what: &'static str,
+    /// What is wrong with it: `is all zeros`, `under the learner is not finite (NaN)`.
+    pub problem: String,
+}
+
+impl std::fmt::Display for SampleFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "{} of sample {} {}",
+            self.what, self.position, self.problem
+        )
+    }
+}
+
+impl SampleFault {
+    /// The same fault, described with the sample's stable `id` when it is known.
+    fn describe(&self, id: Option<u64>) -> String {
+        match id {
+            Some(id) => format!(
+                "{} of sample id {id} (position {}) {}",
+                self.what, self.position, self.problem
+            ),
+            None => self.to_string(),
+        }
+    }
+}
+
 /// Everything that can go wrong in saln.
 #[derive(Debug, thiserror::Error)]
 #[non_exhaustive]
@@ -70,6 +129,16 @@ pub enum Error {
         superbatch: u64,
         /// What is wrong (names the sample where one is at fault).
         message: String,
+    },
+    /// Selection met a sample it cannot use (see [`SampleFault`]).
+    #[error("selection, super-batch {superbatch}: {}", .fault.describe(*.id))]
+    BadSample {
+        /// Global index of the super-batch.
+        superbatch: u64,
+        /// The sample's stable id, once the stage that knows the super-batch's ids added it.
+        id: Option<u64>,
+        /// Which sample (by position) and what is wrong.
+        fault: SampleFault,
     },
     /// A model file could not be loaded or does not match the architecture.
     #[error("model {path}: {message}")]
@@ -129,6 +198,23 @@ pub enum Error {
 }
 
 impl Error {
+    /// For an [`Error::BadSample`] without an id, the same error naming the sample's id:
+    /// `ids[position]` of the super-batch it came from. Other errors are returned unchanged.
+    pub fn with_sample_ids(self, ids: &[u64]) -> Error {
+        match self {
+            Error::BadSample {
+                superbatch,
+                id: None,
+                fault,
+            } => Error::BadSample {
+                superbatch,
+                id: ids.get(fault.position).copied(),
+                fault,
+            },
+            e => e,
+        }
+    }
+
     /// Wraps `self` as an error of stage `stage` (idempotent for the same stage).
     pub fn in_stage(self, stage: &'static str) -> Error {
         match self {

@@ -6,25 +6,31 @@
 //! `L = D - S`, and lets only `b = round(rho * B)` samples through to the trainer
 //! (SALN, arXiv 2412.17069; see `docs/` and the README).
 //!
-//! The crate is laid out the way the data flows; each stage has its own module:
+//! The crate is laid out the way the data flows, in layers: a module uses only the modules
+//! above it in this table, and a stage only the stages before it (the table is checked by
+//! `tests/it/layering.rs`).
 //!
-//! | module | stage | what it does |
+//! | layer | module | what it does |
 //! |---|---|---|
-//! | [`source`] | source | reads a data set (IDX files) into samples with stable ids |
-//! | [`augment`] | augment | per-sample random transforms, normalisation |
-//! | [`batch`] | batch | epoch order, super-batches, parallel decode/augment workers |
-//! | [`extract`] | extract | the frozen feature network: reference CNN (pretraining), TorchScript, ResNet |
-//! | [`select`] | select | the spectral selector and the baseline policies |
-//! | [`train`] | train | the learner, trained on curated sub-batches, evaluated per epoch |
-//! | [`export`] | export | the curated set as Parquet files (and reading them back) |
-//! | [`loader`] | embedding | saln as a data loader inside your own training loop |
-//! | [`pipeline`] | wiring | threads, bounded channels, per-stage metrics, cancellation |
-//! | [`report`] | report | the JSON run report |
-//! | [`config`] | config | the pipeline YAML, typed and validated |
-//! | [`eval`] | evaluation | grids of policies x keep ratios x seeds; tables, plots, pictures |
+//! | kit | [`error`], [`io`], [`rng`], [`device`] | typed errors and the config-problem collector; atomic writes; seeded streams; devices |
+//! | kit | [`pixel`] | pixel types and resize kernels (sources and augmentation share them) |
+//! | kit | [`stage`] | channel messages, cancellation, spawn/join with panic capture, per-stage metrics |
+//! | kit | [`model`] | the small CNN (reference model, default learner) |
+//! | stage 1 | [`source`] | reads a data set into samples with stable ids; the learner / held-out split |
+//! | stage 2 | [`augment`] | per-sample random transforms, normalisation |
+//! | stage 3 | [`batch`] | the loader: epoch order, super-batches, parallel decode/augment workers |
+//! | stage 4 | [`select`] | the spectral selector, the baseline policies, what selection produces |
+//! | stage 5 | [`extract`] | the frozen feature network (reference CNN, TorchScript, ResNet) running the selector |
+//! | stage 6 | [`train`] | the learner, trained on curated sub-batches, evaluated per epoch |
+//! | stage 7 | [`export`] | the curated set as Parquet files |
+//! | top | [`config`] | the pipeline YAML: every stage's section, cross-section rules |
+//! | top | [`report`] | the JSON run report |
+//! | top | [`pipeline`] | the wiring and the run modes: run, curate, loader-only, pretrain |
+//! | top | [`loader`] | saln as a data loader inside your own training loop |
+//! | top | [`eval`] | grids of policies x keep ratios x seeds; tables, plots, pictures |
 //!
 //! The binary `saln-pipe` (`src/bin/saln-pipe/`) is a thin command line over
-//! [`pipeline::run`] and [`extract::pretrain`].
+//! [`pipeline::run`], [`pipeline::curate`] and [`pipeline::pretrain`].
 #![warn(missing_docs)]
 
 pub mod augment;
@@ -35,13 +41,16 @@ pub mod error;
 pub mod eval;
 pub mod export;
 pub mod extract;
+pub mod io;
 pub mod loader;
 pub mod model;
 pub mod pipeline;
+pub mod pixel;
 pub mod report;
 pub mod rng;
 pub mod select;
 pub mod source;
+pub mod stage;
 pub mod train;
 
 pub use error::{Error, Result};

@@ -67,9 +67,9 @@ use crate::batch::LoaderSummary;
 use crate::config::PipelineConfig;
 use crate::error::{Error, Result};
 use crate::export::{ExportConfig, ExportItem, ExportStage, ExportSummary, Exporter};
-use crate::extract::{SelectionStats, SubBatch};
 use crate::pipeline::{Cancel, Curation, CurationHandle, Msg, RunInfo};
 use crate::select::feedback::LossTable;
+use crate::select::outcome::{SelectionStats, SubBatch};
 use crate::select::Policy;
 use crate::source::{DataSet, MemorySource, Source};
 
@@ -286,7 +286,7 @@ impl LoaderBuilder {
         let export = match &cfg.export {
             None => None,
             Some(e) => {
-                let started = Exporter::new(e, &cfg, handle.info.data.train.clone())
+                let started = Exporter::new(e, &cfg.provenance(), handle.info.data.train.clone())
                     .and_then(|x| ExportStage::spawn(x, e.channel, &cancel));
                 match started {
                     Ok(s) => Some(s),

@@ -3,17 +3,17 @@
 //!
 //! Written atomically (temporary file, then rename) at the end of every run, also when the
 //! run was cancelled or failed, so a report that exists is always complete JSON.
-use crate::config::Issues;
 use std::path::Path;
 
-use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
+use serde::Serialize;
 
 use crate::batch::LoaderSummary;
 use crate::config::PipelineConfig;
 use crate::error::{Error, Result};
-use crate::extract::SelectionStats;
-use crate::pipeline::{Overlap, RunInfo, StageSnapshot};
+use crate::io::write_atomic;
+use crate::select::outcome::SelectionStats;
+use crate::source::Split;
+use crate::stage::{Overlap, StageSnapshot};
 use crate::train::EpochRecord;
 
 /// How a run ended.
@@ -28,8 +28,20 @@ pub enum Status {
     Failed,
 }
 
+impl Status {
+    /// How a run ended: `failed` when there is an `error`, else `cancelled` when the run's
+    /// cancel flag was set, else `completed`.
+    pub fn of(error: Option<&Error>, cancelled: bool) -> Status {
+        match (error, cancelled) {
+            (Some(_), _) => Status::Failed,
+            (None, true) => Status::Cancelled,
+            (None, false) => Status::Completed,
+        }
+    }
+}
+
 /// Data set figures.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
 pub struct DataReport {
     /// Training samples the learner draws from.
     pub learner_samples: usize,
@@ -48,17 +60,17 @@ pub struct DataReport {
 }
 
 impl DataReport {
-    /// The figures of a run on `info`'s data, evaluated on `test_samples` test samples after
-    /// `test_skipped` (count, first few) were left out.
+    /// The figures of a run on the data `split`, evaluated on `test_samples` test samples
+    /// after `test_skipped` (count, first few) were left out.
     pub fn new(
-        info: &RunInfo,
+        split: &Split,
         test_samples: usize,
         test_skipped: (u64, Vec<String>),
         loader: LoaderSummary,
     ) -> DataReport {
         DataReport {
-            learner_samples: info.split.learner.len(),
-            holdout_samples: info.split.holdout.len(),
+            learner_samples: split.learner.len(),
+            holdout_samples: split.holdout.len(),
             test_samples,
             skipped: loader.skipped,
             first_skipped: loader.first_skipped,
@@ -103,41 +115,34 @@ pub struct Report {
 }
 
 impl Report {
-    /// Assembles a report. The status follows from how the run ended: `failed` when there
-    /// is an `error`, else `cancelled` when the run's cancel flag was set, else `completed`.
-    #[allow(clippy::too_many_arguments)]
-    pub fn new(
-        cfg: &PipelineConfig,
-        device: String,
-        error: Option<&Error>,
-        cancelled: bool,
-        data: DataReport,
-        epochs: Vec<EpochRecord>,
-        stages: Vec<StageSnapshot>,
-        selection: SelectionStats,
-        wall_seconds: f64,
-    ) -> Report {
-        let status = match (error, cancelled) {
-            (Some(_), _) => Status::Failed,
-            (None, true) => Status::Cancelled,
-            (None, false) => Status::Completed,
-        };
+    /// The report of a run of `cfg` on `device` that has not ended yet: no epochs, no
+    /// figures, status `completed` until [`Report::ended`] says otherwise.
+    pub fn new(cfg: &PipelineConfig, device: String) -> Report {
         Report {
             saln_version: env!("CARGO_PKG_VERSION"),
-            status,
-            error: error.map(|e| e.to_string()),
+            status: Status::Completed,
+            error: None,
             seed: cfg.seed,
             device,
             config: cfg.clone(),
-            data,
-            final_test_accuracy: epochs.last().map(|e| e.test_accuracy),
-            epochs,
-            stages,
-            selection,
+            data: DataReport::default(),
+            epochs: Vec::new(),
+            final_test_accuracy: None,
+            stages: Vec::new(),
+            selection: SelectionStats::default(),
             overlap: Overlap::default(),
-            wall_seconds,
+            wall_seconds: 0.0,
             export: None,
         }
+    }
+
+    /// Records how the run ended: `failed` when there is an `error`, else `cancelled` when the
+    /// run's cancel flag was set, else `completed`; the final accuracy is the last epoch's.
+    pub fn ended(mut self, error: Option<&Error>, cancelled: bool) -> Report {
+        self.status = Status::of(error, cancelled);
+        self.error = error.map(|e| e.to_string());
+        self.final_test_accuracy = self.epochs.last().map(|e| e.test_accuracy);
+        self
     }
 
     /// Writes the report as pretty JSON to `path`, atomically.
@@ -147,53 +152,5 @@ impl Report {
             message: format!("cannot serialise report: {e}"),
         })?;
         write_atomic(path, &json)
-    }
-}
-
-/// Writes `bytes` to `path` through a temporary file in the same folder.
-pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
-    let tmp = path.with_file_name(format!(".{name}.{}.partial", std::process::id()));
-    std::fs::write(&tmp, bytes).map_err(|e| Error::io(&tmp, e))?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
-    })
-}
-
-// ---- configuration ----
-
-/// The report.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ReportConfig {
-    /// JSON report path (written atomically at the end, also after Ctrl-C).
-    #[serde(default = "d_report")]
-    pub path: PathBuf,
-    /// Seconds between progress lines (0 = only per-epoch lines).
-    #[serde(default = "d_progress")]
-    pub progress_seconds: f64,
-}
-
-pub(crate) fn d_progress() -> f64 {
-    10.0
-}
-pub(crate) fn d_report() -> PathBuf {
-    "target/saln/report.json".into()
-}
-
-impl ReportConfig {
-    /// Adds this section's problems to `v`.
-    pub fn validate(&self, v: &mut Issues) {
-        let p = self.progress_seconds;
-        v.check(p >= 0.0 && p.is_finite(), "report.progress_seconds", || {
-            "must be a non-negative number".into()
-        });
     }
 }

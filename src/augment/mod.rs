@@ -27,61 +27,17 @@
 //! Image files come in any size; [`Augmenter::output_shape`] computes, from a source's
 //! [`SourceShape`], the one shape the op list produces, and fails (naming `augment.ops`) when
 //! the list does not bring variable-size images to one size.
-use crate::config::Issues;
+use crate::error::Issues;
 use std::borrow::Cow;
 
 use serde::{Deserialize, Serialize};
 
 use crate::error::{ConfigIssue, Error, Result};
+pub use crate::pixel::Size;
+use crate::pixel::{RawImage, SourceShape};
 use crate::rng::Rng;
-use crate::source::{RawImage, SourceShape};
 
 pub mod ops;
-
-/// An output size: one number or `[height, width]`. For `resize`, one number is the length
-/// of the *shorter* side (aspect ratio kept, as torchvision's `Resize(N)`); for the crops, one
-/// number is a square.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(untagged)]
-pub enum Size {
-    /// One number.
-    Side(usize),
-    /// `[height, width]`.
-    Exact([usize; 2]),
-}
-
-impl Size {
-    /// `(height, width)` of a crop of this size (one number is a square).
-    pub fn square(self) -> (usize, usize) {
-        match self {
-            Size::Side(n) => (n, n),
-            Size::Exact([h, w]) => (h, w),
-        }
-    }
-
-    /// `(height, width)` after resizing an `h x w` image to this size.
-    pub fn resized(self, h: usize, w: usize) -> (usize, usize) {
-        match self {
-            Size::Exact([h, w]) => (h, w),
-            Size::Side(n) => {
-                // torchvision: the shorter side becomes n, the longer int(n * long / short).
-                let long = |a: usize, b: usize| ((n as f64 * a as f64 / b as f64) as usize).max(1);
-                if h <= w {
-                    (n, long(w, h))
-                } else {
-                    (long(h, w), n)
-                }
-            }
-        }
-    }
-
-    fn is_valid(self) -> bool {
-        match self {
-            Size::Side(n) => n > 0,
-            Size::Exact([h, w]) => h > 0 && w > 0,
-        }
-    }
-}
 
 fn d_scale() -> [f64; 2] {
     [0.08, 1.0]

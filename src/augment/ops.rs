@@ -6,14 +6,8 @@
 //! to 224 x 224 before the conversion touches a quarter of the memory. Resizing is
 //! fast_image_resize's SIMD convolution with a bilinear filter whose support grows with the
 //! scale factor (antialiased, as PIL's and torchvision's `antialias=True` bilinear resize).
-use std::cell::RefCell;
-
-use fast_image_resize as fr;
-
 use super::Image;
-
-/// A rectangle of the source image, in pixels: `(top, left, height, width)`.
-pub(crate) type Region = (f64, f64, f64, f64);
+pub(crate) use crate::pixel::{resize, Region};
 
 /// The `oh x ow` window of a `c x h x w` planar image whose top-left corner is at
 /// `(top, left)` (which may be negative or reach past the edges); pixels outside the image
@@ -69,93 +63,6 @@ pub(crate) fn shift<T: Copy + Default>(
     dy: i64,
 ) -> Vec<T> {
     crop(c, h, w, data, -dy, -dx, h, w)
-}
-
-thread_local! {
-    // One resizer per worker thread: it keeps its scratch buffers between images.
-    static RESIZER: RefCell<fr::Resizer> = RefCell::new(fr::Resizer::new());
-}
-
-/// Pixel types the resizer runs on.
-pub(crate) trait Resizable: bytemuck::Pod + Default {
-    /// fast_image_resize's name for one plane of this type.
-    const PIXEL: fr::PixelType;
-}
-impl Resizable for u8 {
-    const PIXEL: fr::PixelType = fr::PixelType::U8;
-}
-impl Resizable for f32 {
-    const PIXEL: fr::PixelType = fr::PixelType::F32;
-}
-
-/// Resizes `region` of every plane of a `c x h x w` image to `oh x ow` (bilinear,
-/// antialiased). Returns the new planes.
-#[allow(clippy::too_many_arguments)]
-pub(crate) fn resize<T: Resizable>(
-    c: usize,
-    h: usize,
-    w: usize,
-    data: &[T],
-    region: Region,
-    oh: usize,
-    ow: usize,
-) -> Result<Vec<T>, String> {
-    let (top, left, rh, rw) = region;
-    if (top, left, rh, rw) == (0.0, 0.0, h as f64, w as f64) && (oh, ow) == (h, w) {
-        return Ok(data.to_vec());
-    }
-    let mut out = vec![T::default(); c * oh * ow];
-    let options = fr::ResizeOptions::new()
-        .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear))
-        .crop(left, top, rw, rh);
-    RESIZER.with(|r| {
-        let mut resizer = r.borrow_mut();
-        for ch in 0..c {
-            let src_plane: &[u8] = bytemuck::cast_slice(&data[ch * h * w..(ch + 1) * h * w]);
-            let dst_plane: &mut [u8] =
-                bytemuck::cast_slice_mut(&mut out[ch * oh * ow..(ch + 1) * oh * ow]);
-            let src = fr::images::ImageRef::new(w as u32, h as u32, src_plane, T::PIXEL)
-                .map_err(|e| format!("resize: {e}"))?;
-            let mut dst =
-                fr::images::Image::from_slice_u8(ow as u32, oh as u32, dst_plane, T::PIXEL)
-                    .map_err(|e| format!("resize: {e}"))?;
-            resizer
-                .resize(&src, &mut dst, &options)
-                .map_err(|e| format!("resize: {e}"))?;
-        }
-        Ok(out)
-    })
-}
-
-/// Resizes a `c`-channel interleaved (HWC) `u8` image, `c` 1 to 4, to `oh x ow` with the
-/// same filter as [`resize`]: per channel the same values as resizing each plane.
-pub(crate) fn resize_interleaved(
-    c: usize,
-    h: usize,
-    w: usize,
-    data: &[u8],
-    oh: usize,
-    ow: usize,
-) -> Result<Vec<u8>, String> {
-    let pixel = match c {
-        1 => fr::PixelType::U8,
-        2 => fr::PixelType::U8x2,
-        3 => fr::PixelType::U8x3,
-        4 => fr::PixelType::U8x4,
-        _ => return Err(format!("cannot resize {c} interleaved channels")),
-    };
-    let mut out = vec![0u8; c * oh * ow];
-    let options = fr::ResizeOptions::new()
-        .resize_alg(fr::ResizeAlg::Convolution(fr::FilterType::Bilinear))
-        .use_alpha(false);
-    let src = fr::images::ImageRef::new(w as u32, h as u32, data, pixel)
-        .map_err(|e| format!("resize: {e}"))?;
-    let mut dst = fr::images::Image::from_slice_u8(ow as u32, oh as u32, &mut out, pixel)
-        .map_err(|e| format!("resize: {e}"))?;
-    RESIZER
-        .with(|r| r.borrow_mut().resize(&src, &mut dst, &options))
-        .map_err(|e| format!("resize: {e}"))?;
-    Ok(out)
 }
 
 /// Rotates about the centre by `radians` (counter-clockwise on screen for positive angles),

@@ -16,7 +16,7 @@
 //!
 //! Memory is bounded by `prefetch + channel capacity` super-batches; the epoch orders are
 //! computed one epoch at a time as the jobs are handed out.
-use crate::config::Issues;
+use crate::error::Issues;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -24,12 +24,10 @@ use std::time::Instant;
 
 use crate::augment::Augmenter;
 use crate::error::{Error, Result};
-use crate::pipeline::{Cancel, Msg, StageStats};
 use crate::rng::{self, Rng};
 use crate::source::OnError;
 use crate::source::Source;
-
-pub mod loader_only;
+use crate::stage::{catching, spawn_thread, Cancel, Msg, StageStats};
 
 /// One super-batch of augmented images, ready for the extractor.
 #[derive(Debug, Clone, PartialEq)]
@@ -65,6 +63,29 @@ impl SuperBatch {
     }
 }
 
+/// The `loader_only` block: its presence makes `saln-pipe run` a loader-only run (the input
+/// side alone, measured; `pipeline::loader_only`).
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoaderOnlyConfig {
+    /// Epochs to load.
+    #[serde(default = "d_loader_only_epochs")]
+    pub epochs: usize,
+}
+
+fn d_loader_only_epochs() -> usize {
+    1
+}
+
+impl LoaderOnlyConfig {
+    /// Adds this block's problems to `v`.
+    pub fn validate(&self, v: &mut Issues) {
+        v.check(self.epochs > 0, "loader_only.epochs", || {
+            "must be at least 1".into()
+        });
+    }
+}
+
 /// What the loader stage is asked to produce.
 #[derive(Debug, Clone)]
 pub struct LoaderPlan {
@@ -90,23 +111,27 @@ pub struct LoaderPlan {
 }
 
 impl LoaderPlan {
-    /// The plan a pipeline's config asks for over `indices` (the learner's share): sizes,
-    /// seed, workers, prefetch, bad-sample policy and shard from `cfg`.
-    pub fn from_config(
-        cfg: &crate::config::PipelineConfig,
+    /// The plan for `epochs` epochs over `indices` (the learner's share): super-batch size,
+    /// prefetch and shard from the `superbatch:` section, `workers` decode threads
+    /// (`augment.workers`), the bad-sample policy (`source.on_error`) and the master `seed`.
+    pub fn new(
+        superbatch: &SuperBatchConfig,
+        workers: usize,
+        on_error: OnError,
+        seed: u64,
         indices: Vec<usize>,
         epochs: usize,
     ) -> Result<LoaderPlan> {
         Ok(LoaderPlan {
             indices,
             epochs,
-            size: cfg.superbatch.size,
-            drop_last: cfg.superbatch.drop_last,
-            seed: cfg.seed,
-            workers: cfg.augment.workers,
-            prefetch: cfg.superbatch.prefetch,
-            on_error: cfg.source.on_error,
-            shard: cfg.superbatch.shard.resolve()?,
+            size: superbatch.size,
+            drop_last: superbatch.drop_last,
+            seed,
+            workers,
+            prefetch: superbatch.prefetch,
+            on_error,
+            shard: superbatch.shard.resolve()?,
         })
     }
 }
@@ -365,27 +390,17 @@ pub fn run_loader(
         let (job_rx, done_tx) = (job_rx.clone(), done_tx.clone());
         let (source, aug) = (source.clone(), aug.clone());
         let (seed, on_error, stats) = (plan.seed, plan.on_error, stats.clone());
-        let handle = std::thread::Builder::new()
-            .name(format!("saln-decode-{w}"))
-            .spawn(move || {
-                for job in job_rx {
-                    let (seq, epoch) = (job.seq, job.epoch);
-                    let result = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                        stats
-                            .time_busy(|| build(source.as_ref(), &aug, shape, seed, on_error, &job))
-                    }))
-                    .unwrap_or_else(|p| {
-                        Err(Error::Panic {
-                            stage: "loader",
-                            message: crate::pipeline::panic_message(&p),
-                        })
-                    });
-                    if done_tx.send(Done { seq, epoch, result }).is_err() {
-                        break;
-                    }
+        let handle = spawn_thread(format!("saln-decode-{w}"), move || {
+            for job in job_rx {
+                let (seq, epoch) = (job.seq, job.epoch);
+                let result = catching("loader", || {
+                    stats.time_busy(|| build(source.as_ref(), &aug, shape, seed, on_error, &job))
+                });
+                if done_tx.send(Done { seq, epoch, result }).is_err() {
+                    break;
                 }
-            })
-            .map_err(|e| Error::io("<thread>", e))?;
+            }
+        })?;
         workers.push(handle);
     }
     drop(done_tx);
@@ -933,7 +948,7 @@ mod tests {
 
     // ---- image files through the loader ----
 
-    use crate::augment::Size;
+    use crate::pixel::Size;
     use crate::source::folder::{open_pair, ImageFolderConfig};
 
     /// A folder of 24 JPEG and PNG images of assorted sizes in 3 classes, and the bad files

@@ -17,23 +17,27 @@
 //! assert_eq!(cfg.superbatch.size, 256);
 //! assert_eq!(cfg.selection.keep_ratio, 0.25);
 //! ```
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
 use serde::{Deserialize, Serialize};
 
+use crate::batch::LoaderPlan;
+pub use crate::error::Issues;
 use crate::error::{ConfigIssue, Error, Result};
+use crate::export::Provenance;
+use crate::extract::backbone::ExtractorKind;
+use crate::select::{Policy, SelectorConfig};
+use crate::source::Split;
 
 pub use crate::augment::AugmentConfig;
-pub use crate::batch::loader_only::LoaderOnlyConfig;
-pub use crate::batch::{ShardConfig, SuperBatchConfig};
+pub use crate::batch::{LoaderOnlyConfig, ShardConfig, SuperBatchConfig};
 pub use crate::export::ExportConfig;
 pub use crate::extract::pretrain::PretrainConfig;
 pub use crate::extract::ExtractorConfig;
-pub use crate::pipeline::ChannelConfig;
-pub use crate::report::ReportConfig;
 pub use crate::select::SelectionConfig;
 pub use crate::source::idx::IdxConfig;
 pub use crate::source::{OnError, SourceConfig};
+pub use crate::stage::ChannelConfig;
 pub use crate::train::TrainerConfig;
 
 /// A whole pipeline: source -> augment -> super-batches -> extract + select -> train -> report.
@@ -159,25 +163,32 @@ fn find_key(text: &str, name: &str) -> Option<usize> {
     None
 }
 
-/// Collects configuration problems; each section's `validate` adds to it.
-#[derive(Debug, Default)]
-pub struct Issues(pub Vec<ConfigIssue>);
+/// The report.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReportConfig {
+    /// JSON report path (written atomically at the end, also after Ctrl-C).
+    #[serde(default = "d_report")]
+    pub path: PathBuf,
+    /// Seconds between progress lines (0 = only per-epoch lines).
+    #[serde(default = "d_progress")]
+    pub progress_seconds: f64,
+}
 
-impl Issues {
-    /// Records a problem with `key` (a dotted path).
-    pub fn at(&mut self, key: &str, message: impl Into<String>) {
-        self.0.push(ConfigIssue {
-            key: key.into(),
-            message: message.into(),
-            line: None,
-        })
-    }
+fn d_progress() -> f64 {
+    10.0
+}
+fn d_report() -> PathBuf {
+    "target/saln/report.json".into()
+}
 
-    /// Records `message` under `key` when `ok` is false.
-    pub fn check(&mut self, ok: bool, key: &str, message: impl FnOnce() -> String) {
-        if !ok {
-            self.at(key, message())
-        }
+impl ReportConfig {
+    /// Adds this section's problems to `v`.
+    pub fn validate(&self, v: &mut Issues) {
+        let p = self.progress_seconds;
+        v.check(p >= 0.0 && p.is_finite(), "report.progress_seconds", || {
+            "must be a non-negative number".into()
+        });
     }
 }
 
@@ -244,7 +255,7 @@ impl PipelineConfig {
         self.trainer.validate(&mut v);
         self.channels.validate(&mut v);
         self.report.validate(&mut v);
-        crate::select::baselines::validate_pipeline(self, &mut v);
+        self.validate_across_sections(&mut v);
         if let Some(e) = &self.export {
             e.validate(&mut v);
         }
@@ -252,6 +263,25 @@ impl PipelineConfig {
             l.validate(&mut v);
         }
         v.0
+    }
+
+    /// Rules that span sections (each section checks its own values). `rho-loss` and `jest`
+    /// need the reference CNN's class head, which only `extractor.kind: reference` has.
+    fn validate_across_sections(&self, v: &mut Issues) {
+        let policy = self.selection.policy;
+        if matches!(policy, Policy::RhoLoss | Policy::Jest)
+            && self.extractor.kind != ExtractorKind::Reference
+        {
+            v.at(
+                "selection.policy",
+                format!(
+                    "{} needs per-sample losses of the reference model, so it requires \
+                     extractor.kind: reference (the built-in CNN that `saln-pipe pretrain` \
+                     trains; torchscript and resnet extractors give features, not class scores)",
+                    policy.name()
+                ),
+            );
+        }
     }
 
     /// Checks that need the machine: the configured device exists; the extractor's model
@@ -273,6 +303,38 @@ impl PipelineConfig {
             v.extend(issues.0);
         }
         v
+    }
+
+    /// The loader stage's plan for `epochs` epochs over `indices`, from the sections it
+    /// reads (`superbatch`, `augment.workers`, `source.on_error`, `seed`).
+    pub fn loader_plan(&self, indices: Vec<usize>, epochs: usize) -> Result<LoaderPlan> {
+        LoaderPlan::new(
+            &self.superbatch,
+            self.augment.workers,
+            self.source.on_error,
+            self.seed,
+            indices,
+            epochs,
+        )
+    }
+
+    /// The learner / held-out split of a training set of `n` samples.
+    pub fn split(&self, n: usize) -> Result<Split> {
+        Split::for_source(n, &self.source, self.seed)
+    }
+
+    /// The selector's settings (`selection:` and the seed).
+    pub fn selector_config(&self) -> SelectorConfig {
+        SelectorConfig::new(&self.selection, self.seed)
+    }
+
+    /// What an export's metadata record about this run.
+    pub fn provenance(&self) -> Provenance {
+        Provenance {
+            selection: self.selection.clone(),
+            seed: self.seed,
+            config_json: serde_json::to_string(self).unwrap_or_default(),
+        }
     }
 
     /// The configured device, resolved (`auto` becomes `cpu` or `cuda:0`).

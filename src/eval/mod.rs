@@ -127,20 +127,6 @@ pub struct GridPolicy {
     pub rule: Option<Rule>,
 }
 
-fn policy_name(p: Policy) -> String {
-    serde_json::to_value(p)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
-fn rule_name(r: Rule) -> String {
-    serde_json::to_value(r)
-        .ok()
-        .and_then(|v| v.as_str().map(str::to_string))
-        .unwrap_or_default()
-}
-
 impl std::str::FromStr for GridPolicy {
     type Err = String;
     fn from_str(s: &str) -> std::result::Result<Self, String> {
@@ -148,20 +134,17 @@ impl std::str::FromStr for GridPolicy {
             Some((p, r)) => (p.trim(), Some(r.trim())),
             None => (s.trim(), None),
         };
-        let policy: Policy =
-            serde_json::from_value(serde_json::Value::String(p.into())).map_err(|_| {
-                format!(
-                    "unknown policy `{p}`: expected none, uniform, loss, rho-loss, jest, saln or \
+        let policy: Policy = p.parse().map_err(|_| {
+            format!(
+                "unknown policy `{p}`: expected none, uniform, loss, rho-loss, jest, saln or \
                      saln:RULE"
-                )
-            })?;
+            )
+        })?;
         let rule = match r {
             None => None,
-            Some(r) if policy == Policy::Saln => Some(
-                serde_json::from_value(serde_json::Value::String(r.into())).map_err(|_| {
-                    format!("unknown rule `{r}`: expected extremes, boundary, balanced or quantile")
-                })?,
-            ),
+            Some(r) if policy == Policy::Saln => Some(r.parse::<Rule>().map_err(|_| {
+                format!("unknown rule `{r}`: expected extremes, boundary, balanced or quantile")
+            })?),
             Some(_) => return Err(format!("`{s}`: only saln takes a rule (saln:RULE)")),
         };
         Ok(GridPolicy { policy, rule })
@@ -184,8 +167,8 @@ impl From<GridPolicy> for String {
 impl std::fmt::Display for GridPolicy {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self.rule {
-            Some(r) => write!(f, "{}:{}", policy_name(self.policy), rule_name(r)),
-            None => f.write_str(&policy_name(self.policy)),
+            Some(r) => write!(f, "{}:{}", self.policy.name(), r.name()),
+            None => f.write_str(self.policy.name()),
         }
     }
 }
@@ -241,7 +224,7 @@ impl EvalConfig {
     /// Every problem of the file: the base pipeline's, the grid's, and those of each run's
     /// pipeline (a `rho-loss` run with a TorchScript extractor, say).
     pub fn validate(&self) -> Vec<ConfigIssue> {
-        let mut v = crate::config::Issues::default();
+        let mut v = crate::error::Issues::default();
         for i in self.pipeline.validate() {
             v.at(&format!("pipeline.{}", i.key), i.message);
         }
@@ -603,7 +586,7 @@ pub fn run(cfg: &EvalConfig, cancel: &Cancel, on: EvalObserver) -> Result<EvalOu
             seed,
             weights: weights.clone(),
         });
-        let s = crate::extract::pretrain::pretrain(&r.config, &mut |_, _| {})?;
+        let s = crate::pipeline::pretrain(&r.config, &mut |_, _| {})?;
         on(&EvalEvent::Pretrained {
             seed,
             test_accuracy: s.test_accuracy,
@@ -785,7 +768,7 @@ mod tests {
                 "{{\"status\": \"{status}\", \"config\": {}}}",
                 serde_json::to_string_pretty(config).unwrap()
             );
-            crate::report::write_atomic(run.report_path(), json.as_bytes()).unwrap();
+            crate::io::write_atomic(run.report_path(), json.as_bytes()).unwrap();
         };
         write("failed", &other);
         assert_eq!(existing(run).unwrap(), Existing::Incomplete);

@@ -89,29 +89,13 @@ pub fn write_png(
     draw: impl FnOnce(&DrawingArea<BitMapBackend<'_>, plotters::coord::Shift>) -> Result<()>,
 ) -> Result<()> {
     ensure_font()?;
-    let dir = path.parent().filter(|d| !d.as_os_str().is_empty());
-    if let Some(dir) = dir {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_default();
     // The backend picks the encoder from the extension: keep `.png` last.
-    let tmp = path.with_file_name(format!(".{name}.{}.partial.png", std::process::id()));
-    let result = (|| {
-        let root = BitMapBackend::new(&tmp, size).into_drawing_area();
+    crate::io::write_atomic_with(path, ".png", |tmp| {
+        let root = BitMapBackend::new(tmp, size).into_drawing_area();
         root.fill(&WHITE).map_err(|e| out(path, e))?;
         draw(&root)?;
         root.present().map_err(|e| out(path, e))
-    })();
-    match result.and_then(|()| std::fs::rename(&tmp, path).map_err(|e| Error::io(path, e))) {
-        Ok(()) => Ok(()),
-        Err(e) => {
-            let _ = std::fs::remove_file(&tmp);
-            Err(e)
-        }
-    }
+    })
 }
 
 /// A plotters error as an [`Error::Output`] for `path`.

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use super::plot::{self, Line, Panel};
 use super::{EvalConfig, GridPolicy, RunSpec};
 use crate::error::{Error, Result};
-use crate::report::write_atomic;
+use crate::io::write_atomic;
 use crate::select::learner::LearnerStats;
 use crate::select::Policy;
 

@@ -19,13 +19,13 @@ use tch::{Kind, Tensor};
 
 use super::plot::{out, write_png};
 use crate::augment::Augmenter;
-use crate::batch::{superbatch_at, LoaderPlan, SuperBatch};
+use crate::batch::{superbatch_at, SuperBatch};
 use crate::config::PipelineConfig;
 use crate::error::{Error, Result};
 use crate::extract::Extractor;
 use crate::select::spectral::{self, WeightMapping};
-use crate::select::{Selector, SelectorConfig};
-use crate::source::{self, Split};
+use crate::select::{SelectError, Selector};
+use crate::source;
 
 /// What [`viz`] wrote.
 #[derive(Debug, Clone)]
@@ -52,18 +52,20 @@ pub fn embedding(
     features: &Tensor,
     mapping: WeightMapping,
     knn_k: usize,
-) -> std::result::Result<(Vec<f64>, Vec<f64>, f64, f64), String> {
-    let t = |e: tch::TchError| e.to_string();
+) -> std::result::Result<(Vec<f64>, Vec<f64>, f64, f64), SelectError> {
+    let t = SelectError::from;
     let u = spectral::normalized_rows(features)?;
     let n = u.size()[0];
     if n < 3 {
-        return Err(format!("a 2-d embedding needs at least 3 samples, got {n}"));
+        return Err(SelectError::Other(format!(
+            "a 2-d embedding needs at least 3 samples, got {n}"
+        )));
     }
     let l = spectral::similarity(&u, mapping, knn_k)
         .and_then(|s| spectral::laplacian(&s))
         .map_err(t)?;
     let (values, vectors) = l.f_linalg_eigh("L").map_err(t)?;
-    let column = |k: i64| -> std::result::Result<Vec<f64>, String> {
+    let column = |k: i64| -> std::result::Result<Vec<f64>, SelectError> {
         let c = vectors
             .f_select(1, k)
             .and_then(|c| c.f_to_kind(Kind::Double))
@@ -94,11 +96,11 @@ pub fn viz(cfg: &PipelineConfig, seq: u64, out_dir: &Path) -> Result<VizOutput> 
              loss-based policies need the weights of a training run",
         ));
     }
-    crate::pipeline::set_torch_threads(cfg.torch_threads);
+    crate::stage::set_torch_threads(cfg.torch_threads);
     let data = source::open(&cfg.source)?;
-    let split = Split::for_config(data.train.len(), cfg)?;
+    let split = cfg.split(data.train.len())?;
     let aug = Augmenter::new(cfg.augment.ops.clone());
-    let plan = LoaderPlan::from_config(cfg, split.learner, cfg.trainer.epochs)?;
+    let plan = cfg.loader_plan(split.learner, cfg.trainer.epochs)?;
     let Some((sb, _skipped)) = superbatch_at(data.train.as_ref(), &aug, &plan, seq)? else {
         let total = crate::batch::superbatches_per_epoch(&plan) * plan.epochs;
         return Err(Error::config(
@@ -109,24 +111,22 @@ pub fn viz(cfg: &PipelineConfig, seq: u64, out_dir: &Path) -> Result<VizOutput> 
     let n = sb.len();
     let (c, h, w) = sb.shape;
     let device = cfg.device();
-    let extractor = Extractor::build(cfg, sb.shape, data.train.num_classes())?;
+    let extractor = Extractor::build(
+        &cfg.extractor,
+        cfg.device(),
+        &cfg.augment.ops,
+        sb.shape,
+        data.train.num_classes(),
+    )?;
     let images = Tensor::f_from_slice(&sb.pixels)?
         .f_view([n as i64, c as i64, h as i64, w as i64])?
         .f_to_device(device)?;
     let features = extractor.features(&images)?;
-    let selection = Selector::new(SelectorConfig::from_config(cfg)).select(
-        n,
-        Some(&features),
-        seq,
-        sb.progress,
-    )?;
+    let selection =
+        Selector::new(cfg.selector_config()).select(n, Some(&features), seq, sb.progress)?;
     let (v2, v3, lambda2, lambda3) =
-        embedding(&features, cfg.selection.weights, cfg.selection.knn_k).map_err(|message| {
-            Error::Selection {
-                superbatch: seq,
-                message,
-            }
-        })?;
+        embedding(&features, cfg.selection.weights, cfg.selection.knn_k)
+            .map_err(|e| e.at(seq).with_sample_ids(&sb.ids))?;
     let mut kept = vec![false; n];
     for &i in &selection.kept {
         kept[i] = true;
@@ -347,6 +347,6 @@ mod tests {
         assert!(v2[6..].iter().all(|x| x.signum() == -first));
         assert!(l2 <= l3);
         let e = embedding(&f.narrow(0, 0, 2), WeightMapping::Clip, 10).unwrap_err();
-        assert!(e.contains("at least 3"), "{e}");
+        assert!(e.to_string().contains("at least 3"), "{e}");
     }
 }

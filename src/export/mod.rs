@@ -8,7 +8,7 @@
 //!
 //! The extract stage records each super-batch as the selector saw it
 //! ([`SelectionRecord`], only when an export is configured); whoever consumes the curated
-//! stream (the train stage's tee in `saln-pipe run`, the [`crate::loader::Loader`], or
+//! stream (the train stage's tee in `saln-pipe run`, the `loader::Loader`, or
 //! `saln-pipe curate`) hands the records to an [`Exporter`], in order. The exporter writes
 //! one row per sample: kept samples always, rejected ones with `include_rejected`, each
 //! with its id, source, label, epoch, step, super-batch, score, rank, kept flag, policy and
@@ -48,7 +48,7 @@
 //!
 //! let export = cfg.export.as_ref().unwrap();
 //! saln::export::prepare(export)?;
-//! let mut exporter = Exporter::new(export, &cfg, source)?;
+//! let mut exporter = Exporter::new(export, &cfg.provenance(), source)?;
 //! let record = SelectionRecord {
 //!     indices: vec![3, 1, 0, 2],
 //!     ids: vec![103, 101, 100, 102],
@@ -80,64 +80,44 @@ use parquet::file::metadata::KeyValue;
 use parquet::file::properties::WriterProperties;
 use serde::{Deserialize, Serialize};
 
-use crate::config::{Issues, PipelineConfig};
+use crate::error::Issues;
 use crate::error::{Error, Result};
-use crate::extract::{RecordMode, SelectionRecord, SubBatch};
-use crate::pipeline::{Cancel, Msg, StageStats};
-use crate::select::{Policy, Rule};
+use crate::select::outcome::{RecordMode, SelectionRecord, SubBatch};
+use crate::select::{Policy, Rule, SelectionConfig};
 use crate::source::Source;
+use crate::stage::{Cancel, Msg, StageStats};
 
-pub mod read;
+pub use crate::source::exported as read;
 pub mod writer;
 
 pub use read::ExportRow;
 use writer::{PartWriter, Rows};
 
-/// Which extract-stage record an export configuration needs.
-pub fn record_mode(cfg: &PipelineConfig) -> RecordMode {
-    match &cfg.export {
+/// Which extract-stage record an export configuration needs (`None`: no export).
+pub fn record_mode(cfg: Option<&ExportConfig>) -> RecordMode {
+    match cfg {
         None => RecordMode::Off,
         Some(e) if e.include_features => RecordMode::Features,
         Some(_) => RecordMode::Scores,
     }
 }
 
-/// The rank of each sample of a super-batch in the order in which the selection prefers
-/// it: 0 is the first choice. Ties (equal scores) go to the earlier position.
-///
-/// | policy / rule | order |
-/// |---|---|
-/// | `saln` + `extremes`, `balanced` | `abs(score)` descending: cluster cores first |
-/// | `saln` + `boundary` | `abs(score)` ascending: nearest the spectral cut first |
-/// | `saln` + `quantile` | `score` ascending: the position along the spectral axis (the rule keeps evenly spaced ranks) |
-/// | `uniform`, `none` | position in the super-batch (these policies score nothing) |
-///
-/// ```
-/// use saln::select::{Policy, Rule};
-/// let v = [0.5, -0.9, 0.1];
-/// assert_eq!(saln::export::ranks(Policy::Saln, Rule::Extremes, &v), vec![1, 0, 2]);
-/// assert_eq!(saln::export::ranks(Policy::Saln, Rule::Quantile, &v), vec![2, 0, 1]);
-/// assert_eq!(saln::export::ranks(Policy::Uniform, Rule::Quantile, &[0.0; 3]), vec![0, 1, 2]);
-/// ```
-pub fn ranks(policy: Policy, rule: Rule, scores: &[f32]) -> Vec<u32> {
-    let key = |v: f32| -> f32 {
-        match (policy, rule) {
-            (Policy::Saln, Rule::Extremes | Rule::Balanced) => -v.abs(),
-            (Policy::Saln, Rule::Boundary) => v.abs(),
-            (Policy::Saln, Rule::Quantile) => v,
-            (Policy::Uniform | Policy::None, _) => 0.0,
-            // Learner-aware policies prefer high (reducible) loss / learnability.
-            (Policy::Loss | Policy::RhoLoss | Policy::Jest, _) => -v,
-        }
-    };
-    let mut order: Vec<usize> = (0..scores.len()).collect();
-    order.sort_by(|&a, &b| key(scores[a]).total_cmp(&key(scores[b])).then(a.cmp(&b)));
-    let mut rank = vec![0u32; scores.len()];
-    for (r, &i) in order.iter().enumerate() {
-        rank[i] = r as u32;
-    }
-    rank
+/// What an export's file metadata say about the run that wrote it (see
+/// `docs/parquet-schema.md`): its selection settings, its seed and its whole configuration
+/// as JSON.
+#[derive(Debug, Clone)]
+pub struct Provenance {
+    /// The `selection:` section.
+    pub selection: SelectionConfig,
+    /// The master seed.
+    pub seed: u64,
+    /// The run's configuration, every default filled in, as JSON.
+    pub config_json: String,
 }
+
+/// The rank of each sample in the order the selection prefers it (one definition, in
+/// `select`, shared with the selection rules).
+pub use crate::select::ranks;
 
 /// `epoch-EEEE-part-PPPP.parquet`.
 pub fn file_name(epoch: usize, part: usize) -> String {
@@ -267,32 +247,23 @@ pub struct Exporter {
 }
 
 impl Exporter {
-    /// An exporter for a run of `pipeline` whose training samples come from `source`
+    /// An exporter for a run described by `run` whose training samples come from `source`
     /// (used to name each sample's origin). Call [`prepare`] on the folder first.
-    pub fn new(
-        cfg: &ExportConfig,
-        pipeline: &PipelineConfig,
-        source: Arc<dyn Source>,
-    ) -> Result<Exporter> {
-        let name = |v: serde_json::Result<serde_json::Value>| {
-            v.ok()
-                .and_then(|v| v.as_str().map(str::to_string))
-                .unwrap_or_default()
-        };
-        let sel = &pipeline.selection;
-        let policy_name = name(serde_json::to_value(sel.policy));
-        let config_json = serde_json::to_string(pipeline).unwrap_or_default();
+    pub fn new(cfg: &ExportConfig, run: &Provenance, source: Arc<dyn Source>) -> Result<Exporter> {
+        let sel = &run.selection;
+        let policy_name = sel.policy.name().to_string();
+        let weights = serde_json::to_value(sel.weights)
+            .ok()
+            .and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_default();
         let meta = vec![
             KeyValue::new("saln.version".into(), env!("CARGO_PKG_VERSION").to_string()),
             KeyValue::new("saln.policy".into(), policy_name.clone()),
-            KeyValue::new("saln.rule".into(), name(serde_json::to_value(sel.rule))),
-            KeyValue::new(
-                "saln.weights".into(),
-                name(serde_json::to_value(sel.weights)),
-            ),
+            KeyValue::new("saln.rule".into(), sel.rule.name().to_string()),
+            KeyValue::new("saln.weights".into(), weights),
             KeyValue::new("saln.keep_ratio".into(), sel.keep_ratio.to_string()),
-            KeyValue::new("saln.seed".into(), pipeline.seed.to_string()),
-            KeyValue::new("saln.config".into(), config_json),
+            KeyValue::new("saln.seed".into(), run.seed.to_string()),
+            KeyValue::new("saln.config".into(), run.config_json.clone()),
         ];
         let props = writer::properties(cfg.zstd_level, cfg.row_group_rows, meta)
             .map_err(|e| Error::config("export.zstd_level", e))?;
@@ -482,7 +453,7 @@ impl ExportStage {
         let stats = Arc::new(StageStats::new("export"));
         let handle = {
             let st = stats.clone();
-            crate::pipeline::spawn_stage("export", cancel, move || run_export(exporter, rx, &st))?
+            crate::stage::spawn_stage("export", cancel, move || run_export(exporter, rx, &st))?
         };
         Ok(ExportStage {
             tx: Some(tx),
@@ -512,7 +483,7 @@ impl ExportStage {
             .clone()
             .ok_or_else(|| Error::Cancelled.in_stage("tee"))?;
         let (tx, rx) = tokio::sync::mpsc::channel(capacity.max(1));
-        self.tee = Some(crate::pipeline::spawn_stage("tee", cancel, move || {
+        self.tee = Some(crate::stage::spawn_stage("tee", cancel, move || {
             run_tee(input, tx, export)
         })?);
         Ok(rx)
@@ -521,8 +492,8 @@ impl ExportStage {
     /// Closes the input and waits for the tee and the exporter; returns what was written.
     pub fn finish(mut self) -> Result<ExportSummary> {
         self.tx.take();
-        let tee = self.tee.take().map(|t| crate::pipeline::join(t, "tee"));
-        let summary = crate::pipeline::join(self.handle, "export");
+        let tee = self.tee.take().map(|t| crate::stage::join(t, "tee"));
+        let summary = crate::stage::join(self.handle, "export");
         match (summary, tee) {
             (Err(e), _) | (Ok(_), Some(Err(e))) => Err(e),
             (Ok(s), _) => Ok(s),
@@ -609,7 +580,7 @@ pub struct ExportConfig {
     #[serde(default)]
     pub overwrite: bool,
     /// Depth of the channel to the export stage, in super-batches.
-    #[serde(default = "crate::pipeline::d_capacity")]
+    #[serde(default = "crate::stage::d_capacity")]
     pub channel: usize,
 }
 
@@ -631,7 +602,7 @@ impl ExportConfig {
             row_group_rows: d_row_group_rows(),
             zstd_level: d_zstd_level(),
             overwrite: false,
-            channel: crate::pipeline::d_capacity(),
+            channel: crate::stage::d_capacity(),
         }
     }
 

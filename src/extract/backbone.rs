@@ -24,7 +24,8 @@ use super::input::{InputAdapter, InputConfig};
 use super::resnet::ResNet;
 use super::torchscript::TorchScriptNet;
 use super::{Extractor, ExtractorConfig};
-use crate::config::{Issues, PipelineConfig};
+use crate::augment::AugmentOp;
+use crate::error::Issues;
 use crate::error::{ConfigIssue, Error, Result};
 use crate::model::Cnn;
 
@@ -72,20 +73,21 @@ impl Backbone {
 }
 
 impl Extractor {
-    /// Builds the extractor `cfg.extractor` describes, on `cfg.device()`, for the pipeline's
-    /// images of `shape` `(C, H, W)` (after `cfg.augment`) and `classes` classes (the
-    /// reference CNN's head).
+    /// Builds the extractor the `extractor:` section `x` describes, on `device`, for the
+    /// pipeline's images of `shape` `(C, H, W)` (after the augmentation `ops`, whose
+    /// normalisation the input adapter may undo) and `classes` classes (the reference CNN's
+    /// head).
     ///
     /// The `torchscript` and `resnet` kinds are checked with a forward pass on a zero batch
     /// of two images, so a model that rejects the adapted input, or returns no `[n, d]`
     /// output, fails here, naming its file, instead of in the middle of a run.
     pub fn build(
-        cfg: &PipelineConfig,
+        x: &ExtractorConfig,
+        device: Device,
+        ops: &[AugmentOp],
         shape: (usize, usize, usize),
         classes: usize,
     ) -> Result<Extractor> {
-        let x = &cfg.extractor;
-        let device = cfg.device();
         let mut issues = Issues::default();
         x.check_device(device, &mut issues);
         if !issues.0.is_empty() {
@@ -105,7 +107,7 @@ impl Extractor {
                             path: x.weights.clone(),
                             message: format!(
                                 "cannot convert to float16: {}",
-                                crate::pipeline::panic_message(&*p)
+                                crate::stage::panic_message(&*p)
                             ),
                         },
                     )?;
@@ -138,15 +140,7 @@ impl Extractor {
                 )
             }
         };
-        let input = InputAdapter::new(
-            &path,
-            &x.input,
-            channels,
-            shape,
-            &cfg.augment.ops,
-            kind,
-            device,
-        )?;
+        let input = InputAdapter::new(&path, &x.input, channels, shape, ops, kind, device)?;
         let e = Extractor {
             net,
             input,
@@ -313,6 +307,21 @@ impl ExtractorConfig {
 #[cfg(test)]
 pub(crate) mod tests {
     use super::*;
+    use crate::config::PipelineConfig;
+
+    fn build(
+        cfg: &PipelineConfig,
+        shape: (usize, usize, usize),
+        classes: usize,
+    ) -> Result<Extractor> {
+        Extractor::build(
+            &cfg.extractor,
+            cfg.device(),
+            &cfg.augment.ops,
+            shape,
+            classes,
+        )
+    }
     use crate::extract::input::Normalize;
     use crate::extract::resnet::{ResNetArch, ResNetConfig, ResNetLayer};
     use crate::extract::torchscript::TorchScriptConfig;
@@ -387,7 +396,7 @@ pub(crate) mod tests {
             ("both", Some(1), "features"),
             ("both", Some(0), "forward"),
         ] {
-            let e = Extractor::build(&with(torchscript(method, index)), (3, 32, 32), 10).unwrap();
+            let e = build(&with(torchscript(method, index)), (3, 32, 32), 10).unwrap();
             let got = e.features(&io["input"]).unwrap();
             let d = max_abs_diff(&got, &io[want]);
             eprintln!("{method}[{index:?}]: max |diff| {d:.1e}");
@@ -405,7 +414,7 @@ pub(crate) mod tests {
             normalize: Normalize::Imagenet,
         };
         let cfg = with(x);
-        let e = Extractor::build(&cfg, (1, 28, 28), 10).unwrap();
+        let e = build(&cfg, (1, 28, 28), 10).unwrap();
         let adapted = e.input.apply(&io["grey"]).unwrap();
         assert_eq!(adapted.size(), [3, 3, 32, 32]);
         let d = max_abs_diff(&adapted, &io["grey_adapted"]);
@@ -427,12 +436,12 @@ pub(crate) mod tests {
             ResNetLayer::Pool,
         );
         x.micro_batch = 1000;
-        let whole = Extractor::build(&with(x.clone()), (3, 64, 64), 10)
+        let whole = build(&with(x.clone()), (3, 64, 64), 10)
             .unwrap()
             .features(&xs)
             .unwrap();
         x.micro_batch = 4; // 6 images: a full micro-batch and a partial one
-        let parts = Extractor::build(&with(x), (3, 64, 64), 10)
+        let parts = build(&with(x), (3, 64, 64), 10)
             .unwrap()
             .features(&xs)
             .unwrap();
@@ -465,7 +474,7 @@ pub(crate) mod tests {
                 (ResNetLayer::Fc, "fc", 1000),
             ] {
                 let x = resnet(arch, &format!("{name}.safetensors"), layer);
-                let e = Extractor::build(&with(x), (3, 64, 64), 10).unwrap();
+                let e = build(&with(x), (3, 64, 64), 10).unwrap();
                 let got = e.features(&io["input"]).unwrap();
                 assert_eq!(got.size(), [2, d]);
                 let diff = max_rel_diff(&got, &io[key]);
@@ -491,7 +500,7 @@ pub(crate) mod tests {
             }),
             ..Default::default()
         };
-        let got = Extractor::build(&with(x), (3, 64, 64), 10)
+        let got = build(&with(x), (3, 64, 64), 10)
             .unwrap()
             .features(&io["input"])
             .unwrap();
@@ -500,7 +509,7 @@ pub(crate) mod tests {
     }
 
     fn build_error(x: ExtractorConfig, shape: (usize, usize, usize)) -> String {
-        match Extractor::build(&with(x), shape, 10) {
+        match build(&with(x), shape, 10) {
             Ok(_) => panic!("expected an error"),
             Err(e) => e.to_string(),
         }
@@ -619,7 +628,7 @@ pub(crate) mod tests {
             .map(|(k, t)| (k.clone(), t.shallow_clone()))
             .collect();
         let p = write(dir.path(), "nofc.safetensors", &no_fc);
-        Extractor::build(&with(cfg(p.clone())), (3, 64, 64), 10).unwrap();
+        build(&with(cfg(p.clone())), (3, 64, 64), 10).unwrap();
         let mut fc = cfg(p);
         fc.resnet.as_mut().unwrap().layer = ResNetLayer::Fc;
         assert!(build_error(fc, (3, 64, 64)).contains("missing tensor `fc.weight`"));
@@ -687,10 +696,7 @@ pub(crate) mod tests {
         // The reference kind too.
         let mut cfg = pipeline("  half: true\n");
         cfg.extractor.weights = "/nonexistent.safetensors".into();
-        let e = Extractor::build(&cfg, (1, 28, 28), 10)
-            .err()
-            .unwrap()
-            .to_string();
+        let e = build(&cfg, (1, 28, 28), 10).err().unwrap().to_string();
         assert!(e.contains("extractor.half"), "{e}");
     }
 
@@ -732,16 +738,10 @@ pub(crate) mod tests {
             let mut cfg = with(x);
             cfg.device = "cuda".into();
             let xs = input.to_device(Device::Cuda(0));
-            let full = Extractor::build(&cfg, shape, 10)
-                .unwrap()
-                .features(&xs)
-                .unwrap();
+            let full = build(&cfg, shape, 10).unwrap().features(&xs).unwrap();
             cfg.extractor.half = true;
             assert!(cfg.check_resources().is_empty());
-            let half = Extractor::build(&cfg, shape, 10)
-                .unwrap()
-                .features(&xs)
-                .unwrap();
+            let half = build(&cfg, shape, 10).unwrap().features(&xs).unwrap();
             assert_eq!(half.kind(), Kind::Float);
             assert_eq!(half.device(), Device::Cuda(0));
             let d = max_rel_diff(&half, &full);

@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use tch::{Device, Kind, Tensor};
 
 use crate::augment::AugmentOp;
-use crate::config::Issues;
+use crate::error::Issues;
 use crate::error::{Error, Result};
 
 /// ImageNet's per-channel mean (RGB), the one torchvision's weights were trained with.

@@ -13,7 +13,7 @@
 //! | [`torchscript`] | a user's TorchScript module |
 //! | [`resnet`] | torchvision ResNet-18/34/50 from safetensors |
 //! | [`input`] | input adaptation: channels, size, normalisation, precision |
-use crate::config::Issues;
+use crate::error::Issues;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::path::PathBuf;
@@ -24,9 +24,11 @@ use tch::{nn, Device, Kind, Tensor};
 use crate::batch::SuperBatch;
 use crate::error::{Error, Result};
 use crate::model::{Cnn, CnnArch};
-use crate::pipeline::{Cancel, Msg, StageStats};
-use crate::select::learner::{LearnerScorer, LearnerStats};
-use crate::select::{Selection, Selector};
+use crate::select::learner::LearnerScorer;
+use crate::select::outcome::Acc;
+pub use crate::select::outcome::{RecordMode, SelectionRecord, SelectionStats, SubBatch};
+use crate::select::Selector;
+use crate::stage::{Cancel, Msg, StageStats};
 
 pub mod backbone;
 pub mod input;
@@ -44,7 +46,7 @@ pub struct Extractor {
 }
 
 impl Extractor {
-    /// Loads the reference CNN's weights written by [`pretrain::pretrain`] for inputs of
+    /// Loads the reference CNN's weights written by `pipeline::pretrain` for inputs of
     /// `shape` and `classes` classes. A missing file or one of another architecture is an
     /// [`Error::Model`]. [`Extractor::build`] builds any `extractor.kind` from the config.
     pub fn load(
@@ -93,179 +95,6 @@ impl Extractor {
             start += len;
         }
         Ok(Tensor::f_cat(&parts, 0)?)
-    }
-}
-
-/// The curated part of a super-batch, as the trainer receives it.
-#[derive(Debug)]
-pub struct SubBatch {
-    /// Global sequence number of the super-batch it came from.
-    pub seq: u64,
-    /// Epoch.
-    pub epoch: usize,
-    /// Size of the super-batch it came from (B).
-    pub superbatch_len: usize,
-    /// Stable ids of the kept samples.
-    pub ids: Vec<u64>,
-    /// Kept images, `[b, C, H, W]` float32 on the configured device.
-    pub images: Tensor,
-    /// Their labels, `[b]` int64 on the same device.
-    pub labels: Tensor,
-    /// The selector's score of each kept sample.
-    pub scores: Vec<f32>,
-    /// The whole super-batch as the selector saw it; filled only when an export asks for
-    /// it ([`RecordMode`]), `None` otherwise.
-    pub record: Option<SelectionRecord>,
-}
-
-/// What the extract stage keeps of each super-batch for an export
-/// (see [`crate::export`]).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
-pub enum RecordMode {
-    /// Nothing: sub-batches carry `record: None`.
-    #[default]
-    Off,
-    /// Ids, labels, scores and the kept mask of every sample of the super-batch.
-    Scores,
-    /// As `Scores`, plus every sample's feature vector (computes features even for
-    /// policies that need none).
-    Features,
-}
-
-/// One super-batch as the selector saw it: every sample, kept or not, in super-batch order.
-#[derive(Debug, Clone, PartialEq)]
-pub struct SelectionRecord {
-    /// Source indices of the samples.
-    pub indices: Vec<usize>,
-    /// Stable ids.
-    pub ids: Vec<u64>,
-    /// Labels.
-    pub labels: Vec<i64>,
-    /// The selector's score of each sample ([`Selection::scores`]).
-    pub scores: Vec<f32>,
-    /// Whether each sample reached the trainer.
-    pub kept: Vec<bool>,
-    /// Length of each feature vector (0 when features were not recorded).
-    pub feature_dim: usize,
-    /// Feature vectors, `[n * feature_dim]` row-major float32 (empty when not recorded).
-    pub features: Vec<f32>,
-}
-
-/// Selection figures of a run.
-#[derive(Debug, Clone, Default, PartialEq, serde::Serialize)]
-pub struct SelectionStats {
-    /// Super-batches selected from.
-    pub superbatches: u64,
-    /// Samples seen by the selector.
-    pub samples_in: u64,
-    /// Samples kept.
-    pub samples_kept: u64,
-    /// Super-batches whose spectrum was computed (the saln policy).
-    pub spectra: u64,
-    /// Spectra per solver (`dense`, `lanczos`).
-    pub solvers: std::collections::BTreeMap<String, u64>,
-    /// Spectra with a repeated `lambda2` or no edge: zero scores, kept by position.
-    pub degenerate: u64,
-    /// Spectra where the iterative solver stopped before its tolerance.
-    pub unconverged: u64,
-    /// Mean lambda2 over spectra (0 for policies without a spectrum).
-    pub mean_lambda2: f64,
-    /// Mean lambda3.
-    pub mean_lambda3: f64,
-    /// Mean `lambda3 - lambda2`.
-    pub mean_gap: f64,
-    /// Smallest `lambda3 - lambda2` seen (how close the Fiedler vector came to unstable).
-    pub min_gap: f64,
-    /// Mean milliseconds of selection per super-batch.
-    pub ms_per_selection: f64,
-    /// Mean milliseconds of feature extraction per super-batch.
-    pub ms_per_forward: f64,
-    /// Selection time as a fraction of feature-extraction time.
-    pub selection_over_forward: f64,
-    /// FNV-1a digest of every kept id in order: equal digests mean equal selections.
-    pub kept_digest: String,
-    /// The learner-aware policies (`loss`, `rho-loss`, `jest`): how fresh the learner's
-    /// weights were when they scored super-batches. For them, `ms_per_forward` is the
-    /// learner's and the reference model's forward passes (snapshot waits excluded).
-    #[serde(skip_serializing_if = "Option::is_none")]
-    pub learner: Option<LearnerStats>,
-}
-
-#[derive(Default)]
-struct Acc {
-    n: u64,
-    spectra: u64,
-    solvers: std::collections::BTreeMap<String, u64>,
-    degenerate: u64,
-    unconverged: u64,
-    samples_in: u64,
-    kept: u64,
-    l2: f64,
-    l3: f64,
-    min_gap: f64,
-    sel_s: f64,
-    fwd_s: f64,
-    digest: u64,
-}
-
-impl Acc {
-    fn new() -> Self {
-        Acc {
-            min_gap: f64::INFINITY,
-            digest: 0xcbf2_9ce4_8422_2325,
-            ..Default::default()
-        }
-    }
-    fn add(&mut self, s: &Selection, n_in: usize, ids: &[u64], fwd: f64) {
-        self.n += 1;
-        self.samples_in += n_in as u64;
-        self.kept += s.kept.len() as u64;
-        if let Some(solver) = s.solver {
-            self.spectra += 1;
-            *self.solvers.entry(solver.name().to_string()).or_default() += 1;
-            self.degenerate += u64::from(s.degenerate);
-            self.unconverged += u64::from(!s.converged);
-            self.l2 += s.lambda2;
-            self.l3 += s.lambda3;
-            self.min_gap = self.min_gap.min(s.lambda3 - s.lambda2);
-        }
-        self.sel_s += s.seconds;
-        self.fwd_s += fwd;
-        for id in ids {
-            for b in id.to_le_bytes() {
-                self.digest = (self.digest ^ b as u64).wrapping_mul(0x0100_0000_01b3);
-            }
-        }
-    }
-    fn finish(&self) -> SelectionStats {
-        let n = self.n.max(1) as f64;
-        let spectra = self.spectra.max(1) as f64;
-        SelectionStats {
-            superbatches: self.n,
-            samples_in: self.samples_in,
-            samples_kept: self.kept,
-            spectra: self.spectra,
-            solvers: self.solvers.clone(),
-            degenerate: self.degenerate,
-            unconverged: self.unconverged,
-            mean_lambda2: self.l2 / spectra,
-            mean_lambda3: self.l3 / spectra,
-            mean_gap: (self.l3 - self.l2) / spectra,
-            min_gap: if self.min_gap.is_finite() {
-                self.min_gap
-            } else {
-                0.0
-            },
-            ms_per_selection: 1e3 * self.sel_s / n,
-            ms_per_forward: 1e3 * self.fwd_s / n,
-            selection_over_forward: if self.fwd_s > 0.0 {
-                self.sel_s / self.fwd_s
-            } else {
-                0.0
-            },
-            kept_digest: format!("{:016x}", self.digest),
-            learner: None,
-        }
     }
 }
 
@@ -373,7 +202,15 @@ fn curate(
                 });
             };
             let labels = Tensor::f_from_slice(&sb.labels)?.f_to_device(device)?;
-            let reference = extractor.filter(|_| policy.needs_reference());
+            let reference_logits = |x: &Tensor| match extractor {
+                Some(r) => r.reference_logits(x),
+                None => Err(Error::config(
+                    "extractor",
+                    "the policy needs the reference model's losses, but none is loaded",
+                )),
+            };
+            let reference: Option<&dyn Fn(&Tensor) -> Result<Tensor>> =
+                (extractor.is_some() && policy.needs_reference()).then_some(&reference_logits);
             let scored = scorer
                 .losses(&images, &labels, sent, reference, cancel)
                 .map_err(|e| match e {
@@ -394,17 +231,8 @@ fn curate(
     let fwd = t.elapsed().as_secs_f64() - waited;
     let sel = selector
         .select(n, features.as_ref(), sb.seq, sb.progress)
-        .map_err(|e| match e {
-            // Name the sample by id, not by its position in the super-batch.
-            Error::Selection {
-                superbatch,
-                message,
-            } => Error::Selection {
-                superbatch,
-                message: rename_position(&message, &sb.ids),
-            },
-            e => e,
-        })?;
+        // Name a faulty sample by its id, not only by its position in the super-batch.
+        .map_err(|e| e.with_sample_ids(&sb.ids))?;
     let ids: Vec<u64> = sel.kept.iter().map(|&i| sb.ids[i]).collect();
     acc.add(&sel, n, &ids, fwd);
     let index = Tensor::f_from_slice(&sel.kept.iter().map(|&i| i as i64).collect::<Vec<_>>())?
@@ -456,29 +284,6 @@ fn curate(
         record,
     };
     Ok(Some((sub, std::time::Duration::from_secs_f64(waited))))
-}
-
-/// "sample 3 ..." (position) -> "sample id 1234 (position 3) ...".
-fn rename_position(message: &str, ids: &[u64]) -> String {
-    let Some((prefix, rest)) = ["feature vector of sample ", "loss of sample "]
-        .iter()
-        .find_map(|p| {
-            message
-                .strip_prefix(p)
-                .map(|rest| (&p[..p.len() - 1], rest))
-        })
-    else {
-        return message.to_string();
-    };
-    let (num, tail) = rest.split_once(' ').unwrap_or((rest, ""));
-    match num
-        .parse::<usize>()
-        .ok()
-        .and_then(|p| ids.get(p).map(|id| (p, id)))
-    {
-        Some((p, id)) => format!("{prefix} id {id} (position {p}) {tail}"),
-        None => message.to_string(),
-    }
 }
 
 // ---- configuration ----
@@ -592,16 +397,28 @@ mod tests {
 
     #[test]
     fn positions_become_ids() {
+        use crate::error::SampleFault;
+        let fault = |position, what, problem: &str| crate::Error::BadSample {
+            superbatch: 3,
+            id: None,
+            fault: SampleFault {
+                position,
+                what,
+                problem: problem.into(),
+            },
+        };
         assert_eq!(
-            super::rename_position("feature vector of sample 1 is all zeros", &[10, 20]),
-            "feature vector of sample id 20 (position 1) is all zeros"
+            fault(1, "feature vector", "is all zeros")
+                .with_sample_ids(&[10, 20])
+                .to_string(),
+            "selection, super-batch 3: feature vector of sample id 20 (position 1) is all zeros"
         );
         assert_eq!(
-            super::rename_position(
-                "loss of sample 0 under the learner is not finite (NaN)",
-                &[7]
-            ),
-            "loss of sample id 7 (position 0) under the learner is not finite (NaN)"
+            fault(0, "loss", "under the learner is not finite (NaN)")
+                .with_sample_ids(&[7])
+                .to_string(),
+            "selection, super-batch 3: loss of sample id 7 (position 0) under the learner is not \
+             finite (NaN)"
         );
     }
 }

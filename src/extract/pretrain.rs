@@ -1,153 +1,26 @@
-//! Pretraining of the reference network on the held-out split.
+//! Pretraining of the reference network on the held-out split: its settings
+//! (`extractor.pretrain`) and how its weights are saved. The run mode that trains it is
+//! `pipeline::pretrain`.
 //!
 //! ImageNet weights cannot be downloaded here, and the paper's "frozen pretrained network"
 //! only has to give features in which similar images are close. So, as RHO-LOSS and JEST do
 //! with their reference models, saln trains its reference CNN on a held-out part of the
 //! training split: samples the learner never sees, and never the test split.
-use crate::config::Issues;
+use crate::error::Issues;
 use serde::{Deserialize, Serialize};
-use std::path::PathBuf;
-use std::time::Instant;
 
-use tch::nn::{self, OptimizerConfig};
+use tch::nn;
 
-use crate::augment::Augmenter;
-use crate::config::PipelineConfig;
 use crate::error::{Error, Result};
-use crate::model::{cross_entropy, Cnn};
-use crate::rng::{self, Rng};
-use crate::source::{self, Split};
-use crate::train::{eval_set, evaluate, images_tensor};
-
-/// Stream tag separating pretraining's randomness from the learner's.
-const PRETRAIN: u64 = 0x5052_4554;
-
-/// What pretraining did.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct PretrainSummary {
-    /// Held-out samples trained on.
-    pub samples: usize,
-    /// Epochs.
-    pub epochs: usize,
-    /// Mean loss of the last epoch.
-    pub final_loss: f64,
-    /// Test accuracy of the reference model (for information; the test split is not used
-    /// to train or tune it).
-    pub test_accuracy: f64,
-    /// Wall seconds.
-    pub seconds: f64,
-    /// Where the weights were written.
-    pub weights: PathBuf,
-}
-
-/// Trains the reference CNN on the held-out split and writes its weights (safetensors) to
-/// `cfg.extractor.weights`, atomically (a temporary file renamed when complete).
-/// `on_epoch(epoch, mean_loss)` is called after each epoch.
-pub fn pretrain(
-    cfg: &PipelineConfig,
-    on_epoch: &mut dyn FnMut(usize, f64),
-) -> Result<PretrainSummary> {
-    let start = Instant::now();
-    if cfg.extractor.kind != super::backbone::ExtractorKind::Reference {
-        return Err(Error::config(
-            "extractor.kind",
-            "pretraining is for the built-in reference CNN (kind: reference); \
-             this extractor's model comes from its own file",
-        ));
-    }
-    crate::pipeline::set_torch_threads(cfg.torch_threads);
-    let data = source::open(&cfg.source)?;
-    let split = Split::for_config(data.train.len(), cfg)?;
-    if split.holdout.is_empty() {
-        return Err(Error::config(
-            "source.holdout",
-            "is 0: the reference model needs held-out samples to train on",
-        ));
-    }
-    let device = cfg.device();
-    let aug = Augmenter::new(cfg.augment.ops.clone());
-    let shape = aug.output_shape(data.train.shape())?;
-    let classes = data.train.num_classes();
-    let (vs, model) = crate::model::seeded(cfg.seed, || {
-        let vs = nn::VarStore::new(device);
-        let model = Cnn::new(&vs.root(), &cfg.extractor.arch, shape, classes);
-        (vs, model)
-    });
-    let p = &cfg.extractor.pretrain;
-    let mut opt = nn::Adam::default().build(&vs, p.lr)?;
-    let mut final_loss = f64::NAN;
-    for epoch in 0..p.epochs {
-        let mut order = split.holdout.clone();
-        Rng::derive(cfg.seed, &[rng::SHUFFLE, PRETRAIN, epoch as u64]).shuffle(&mut order);
-        let (mut sum, mut steps) = (0.0, 0usize);
-        for chunk in order.chunks(p.batch_size) {
-            let mut pixels = Vec::new();
-            let mut labels = Vec::new();
-            for &i in chunk {
-                let s = data.train.get(i)?;
-                let mut r = Rng::derive(cfg.seed, &[rng::AUGMENT, PRETRAIN, epoch as u64, s.id]);
-                let img = aug.train(&s.image, &mut r).map_err(|e| match e {
-                    Error::Sample { message, .. } => Error::Sample {
-                        sample: data.train.locate(i),
-                        message,
-                    },
-                    e => e,
-                })?;
-                pixels.extend_from_slice(&img.data);
-                labels.push(s.label);
-            }
-            let (x, y) = images_tensor(&pixels, &labels, shape, device)?;
-            let loss = cross_entropy(&model.logits(&x)?, &y)?;
-            opt.zero_grad();
-            loss.f_backward()?;
-            opt.step();
-            sum += loss.f_double_value(&[])?;
-            steps += 1;
-        }
-        final_loss = sum / steps.max(1) as f64;
-        on_epoch(epoch, final_loss);
-    }
-    let test = eval_set(
-        data.test.as_ref(),
-        &aug,
-        cfg.source.test_limit,
-        cfg.source.on_error,
-        device,
-    )?;
-    let test_accuracy = evaluate(&model, &test.x, &test.y, cfg.trainer.eval_batch)?;
-    let weights = cfg.extractor.weights.clone();
-    save_atomic(&vs, &weights)?;
-    Ok(PretrainSummary {
-        samples: split.holdout.len(),
-        epochs: p.epochs,
-        final_loss,
-        test_accuracy,
-        seconds: start.elapsed().as_secs_f64(),
-        weights,
-    })
-}
 
 /// Writes `vs` to `path` (safetensors) through a temporary file in the same folder, so a
 /// crash never leaves a half-written weights file under the real name.
 pub fn save_atomic(vs: &nn::VarStore, path: &std::path::Path) -> Result<()> {
-    if let Some(dir) = path.parent().filter(|d| !d.as_os_str().is_empty()) {
-        std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
-    }
-    let name = path
-        .file_name()
-        .map(|n| n.to_string_lossy().into_owned())
-        .unwrap_or_else(|| "weights".into());
-    let tmp = path.with_file_name(format!(
-        ".{name}.{}.partial.safetensors",
-        std::process::id()
-    ));
-    vs.save(&tmp).map_err(|e| Error::Model {
-        path: tmp.clone(),
-        message: format!("cannot write: {e}"),
-    })?;
-    std::fs::rename(&tmp, path).map_err(|e| {
-        let _ = std::fs::remove_file(&tmp);
-        Error::io(path, e)
+    crate::io::write_atomic_with(path, ".safetensors", |tmp| {
+        vs.save(tmp).map_err(|e| Error::Model {
+            path: tmp.to_path_buf(),
+            message: format!("cannot write: {e}"),
+        })
     })
 }
 

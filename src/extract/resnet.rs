@@ -21,7 +21,7 @@ use std::collections::{BTreeSet, HashMap};
 use std::path::{Path, PathBuf};
 use tch::{Device, Kind, Tensor};
 
-use crate::config::Issues;
+use crate::error::Issues;
 use crate::error::{Error, Result};
 
 /// The torchvision architectures supported.

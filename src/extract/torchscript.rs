@@ -15,7 +15,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use tch::{CModule, Device, IValue, Kind, Tensor};
 
-use crate::config::Issues;
+use crate::error::Issues;
 use crate::error::{Error, Result};
 
 /// `extractor.torchscript`: the module file and which of its outputs to use.
@@ -110,7 +110,7 @@ impl TorchScriptNet {
                     path,
                     format!(
                         "cannot convert to {kind:?}: {}",
-                        crate::pipeline::panic_message(&*p)
+                        crate::stage::panic_message(&*p)
                     ),
                 )
             })?;

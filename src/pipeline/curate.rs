@@ -45,7 +45,11 @@ pub fn curate(cfg: &PipelineConfig, cancel: Cancel, observer: Option<Observer>) 
 
     let mut exporter = None;
     let written = (|| -> Result<()> {
-        let x = exporter.insert(Exporter::new(export, cfg, info.data.train.clone())?);
+        let x = exporter.insert(Exporter::new(
+            export,
+            &cfg.provenance(),
+            info.data.train.clone(),
+        )?);
         loop {
             let t = Instant::now();
             let Some(msg) = rx.blocking_recv() else {
@@ -84,17 +88,12 @@ pub fn curate(cfg: &PipelineConfig, cancel: Cancel, observer: Option<Observer>) 
         // The export's failure is the root cause; upstream only saw a closed channel.
         error = Some(e.in_stage("export"));
     }
-    let mut report = Report::new(
-        cfg,
-        crate::device::name(info.device),
-        error.as_ref(),
-        cancel.is_cancelled(),
-        DataReport::new(&info, 0, (0, Vec::new()), summary.loader),
-        Vec::new(),
-        stats.iter().map(|s| s.snapshot()).collect(),
-        summary.selection,
-        start.elapsed().as_secs_f64(),
-    );
+    let mut report = Report::new(cfg, crate::device::name(info.device));
+    report.data = DataReport::new(&info.split, 0, (0, Vec::new()), summary.loader);
+    report.stages = stats.iter().map(|s| s.snapshot()).collect();
+    report.selection = summary.selection;
+    report.wall_seconds = start.elapsed().as_secs_f64();
+    let mut report = report.ended(error.as_ref(), cancel.is_cancelled());
     report.export = Some(exported);
     report.write(&cfg.report.path)?;
     match error {

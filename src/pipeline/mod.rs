@@ -16,57 +16,34 @@
 //! others see a closed channel or the flag and stop. A panic inside a stage is caught and
 //! becomes [`Error::Panic`]. The report is written in every case: completed, cancelled or
 //! failed.
-use crate::config::Issues;
-use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
 use crate::augment::Augmenter;
-use crate::batch::{run_loader, superbatches_per_epoch, LoaderPlan, LoaderSummary};
+use crate::batch::{run_loader, superbatches_per_epoch, LoaderSummary};
 use crate::config::PipelineConfig;
 use crate::error::{Error, Result};
 use crate::export::{ExportStage, Exporter};
-use crate::extract::{run_extract, Extractor, RecordMode, SelectionStats, SubBatch};
+use crate::extract::{run_extract, Extractor};
 use crate::report::{DataReport, Report};
 use crate::select::feedback::LossTable;
 use crate::select::learner::{LearnerScorer, Publisher, SnapshotBoard};
-use crate::select::{Selector, SelectorConfig};
+use crate::select::outcome::{RecordMode, SelectionStats, SubBatch};
+use crate::select::Selector;
 use crate::source::{self, DataSet, Split};
 use crate::train::{eval_set, run_train, EpochRecord, Trainer};
 
 pub mod curate;
-pub mod metrics;
+pub mod loader_only;
+pub mod pretrain;
+pub use crate::stage::{
+    join, panic_message, set_torch_threads, spawn_stage, Cancel, ChannelConfig, Msg, Overlap,
+    StageSnapshot, StageStats,
+};
 pub use curate::curate;
-pub use metrics::{Overlap, StageSnapshot, StageStats};
-
-/// What flows through a channel: data, or the end of an epoch.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Msg<T> {
-    /// One item.
-    Data(T),
-    /// Every item of `epoch` (0-based) has been sent.
-    EpochEnd {
-        /// The epoch that ended.
-        epoch: usize,
-    },
-}
-
-/// A cancellation flag shared by every stage of a run. Cloning shares it.
-#[derive(Debug, Clone, Default)]
-pub struct Cancel(Arc<AtomicBool>);
-
-impl Cancel {
-    /// Asks every stage to stop after its current item.
-    pub fn cancel(&self) {
-        self.0.store(true, Ordering::SeqCst)
-    }
-    /// Whether [`Cancel::cancel`] was called.
-    pub fn is_cancelled(&self) -> bool {
-        self.0.load(Ordering::SeqCst)
-    }
-}
+pub use pretrain::{pretrain, PretrainSummary};
 
 /// Something that happened during a run, for progress displays.
 #[derive(Debug, Clone)]
@@ -95,55 +72,6 @@ pub enum Event {
 
 /// Receives [`Event`]s; called from the stage threads.
 pub type Observer = Arc<dyn Fn(&Event) + Send + Sync>;
-
-/// Turns a panic payload into text.
-pub fn panic_message(p: &(dyn std::any::Any + Send)) -> String {
-    p.downcast_ref::<&str>()
-        .map(|s| s.to_string())
-        .or_else(|| p.downcast_ref::<String>().cloned())
-        .unwrap_or_else(|| "unknown panic".into())
-}
-
-/// Sets libtorch's intra-op thread count (0 leaves libtorch's default).
-pub fn set_torch_threads(n: usize) {
-    if n > 0 {
-        tch::set_num_threads(n as i32);
-    }
-}
-
-pub(crate) fn spawn_stage<T: Send + 'static>(
-    name: &'static str,
-    cancel: &Cancel,
-    f: impl FnOnce() -> Result<T> + Send + 'static,
-) -> Result<JoinHandle<Result<T>>> {
-    let cancel = cancel.clone();
-    std::thread::Builder::new()
-        .name(format!("saln-{name}"))
-        .spawn(move || {
-            let r = std::panic::catch_unwind(std::panic::AssertUnwindSafe(f))
-                .unwrap_or_else(|p| {
-                    Err(Error::Panic {
-                        stage: name,
-                        message: panic_message(&p),
-                    })
-                })
-                .map_err(|e| e.in_stage(name));
-            if r.is_err() {
-                cancel.cancel();
-            }
-            r
-        })
-        .map_err(|e| Error::io("<thread>", e))
-}
-
-pub(crate) fn join<T>(h: JoinHandle<Result<T>>, stage: &'static str) -> Result<T> {
-    h.join().unwrap_or_else(|p| {
-        Err(Error::Panic {
-            stage,
-            message: panic_message(&p),
-        })
-    })
-}
 
 /// The front half of a pipeline, running: source -> loader -> extract + select. Its
 /// output is the stream of curated [`SubBatch`]es in `output`; whoever holds it (the train
@@ -216,15 +144,21 @@ impl Curation {
         check_config(cfg, true)?;
         set_torch_threads(cfg.torch_threads);
         let device = cfg.device();
-        let record = crate::export::record_mode(cfg);
-        let split = Split::for_config(data.train.len(), cfg)?;
+        let record = crate::export::record_mode(cfg.export.as_ref());
+        let split = cfg.split(data.train.len())?;
         let augmenter = Arc::new(Augmenter::new(cfg.augment.ops.clone()));
         let shape = augmenter.output_shape(data.train.shape())?;
         let classes = data.train.num_classes();
-        let selector = Selector::new(SelectorConfig::from_config(cfg));
+        let selector = Selector::new(cfg.selector_config());
         let policy = selector.config().policy;
         let extractor = if policy.needs_reference() || record == RecordMode::Features {
-            Some(Extractor::build(cfg, shape, classes)?)
+            Some(Extractor::build(
+                &cfg.extractor,
+                device,
+                &cfg.augment.ops,
+                shape,
+                classes,
+            )?)
         } else {
             None
         };
@@ -255,7 +189,7 @@ impl Curation {
         ];
         let (sb_tx, sb_rx) = tokio::sync::mpsc::channel(cfg.channels.loader_to_extract);
         let (sub_tx, sub_rx) = tokio::sync::mpsc::channel(cfg.channels.extract_to_train);
-        let plan = LoaderPlan::from_config(cfg, split.learner.clone(), cfg.trainer.epochs)?;
+        let plan = cfg.loader_plan(split.learner.clone(), cfg.trainer.epochs)?;
         let per_epoch = superbatches_per_epoch(&plan);
         let loader = {
             let (src, aug, st, c) = (
@@ -395,7 +329,7 @@ pub fn run_with(
         let Some(e) = &cfg.export else {
             return Ok((sub_rx, None));
         };
-        let exporter = Exporter::new(e, cfg, info.data.train.clone())?;
+        let exporter = Exporter::new(e, &cfg.provenance(), info.data.train.clone())?;
         let mut stage = ExportStage::spawn(exporter, e.channel, &cancel)?;
         let rx = stage.tee(sub_rx, cfg.channels.extract_to_train, &cancel)?;
         Ok((rx, Some(stage)))
@@ -492,56 +426,18 @@ pub fn run_with(
             Vec::new()
         }
     };
-    let mut report = Report::new(
-        cfg,
-        crate::device::name(info.device),
-        error.as_ref(),
-        cancel.is_cancelled(),
-        DataReport::new(&info, test_samples, test_skipped, summary.loader),
-        epochs,
-        stats.iter().map(|s| s.snapshot()).collect(),
-        summary.selection,
-        start.elapsed().as_secs_f64(),
-    );
+    let mut report = Report::new(cfg, crate::device::name(info.device));
+    report.data = DataReport::new(&info.split, test_samples, test_skipped, summary.loader);
+    report.epochs = epochs;
+    report.stages = stats.iter().map(|s| s.snapshot()).collect();
+    report.selection = summary.selection;
+    report.wall_seconds = start.elapsed().as_secs_f64();
+    let mut report = report.ended(error.as_ref(), cancel.is_cancelled());
     report.overlap = Overlap::from_stages(&report.stages, streaming_seconds);
     report.export = exported;
     report.write(&cfg.report.path)?;
     match error {
         Some(e) => Err(e),
         None => Ok(report),
-    }
-}
-
-// ---- configuration ----
-
-/// Capacities of the bounded channels between stages (in super-batches).
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct ChannelConfig {
-    /// loader -> extract.
-    #[serde(default = "d_capacity")]
-    pub loader_to_extract: usize,
-    /// extract -> train.
-    #[serde(default = "d_capacity")]
-    pub extract_to_train: usize,
-}
-
-pub(crate) fn d_capacity() -> usize {
-    2
-}
-
-impl ChannelConfig {
-    /// Adds this section's problems to `v`.
-    pub fn validate(&self, v: &mut Issues) {
-        v.check(
-            self.loader_to_extract > 0,
-            "channels.loader_to_extract",
-            || "must be at least 1".into(),
-        );
-        v.check(
-            self.extract_to_train > 0,
-            "channels.extract_to_train",
-            || "must be at least 1".into(),
-        );
     }
 }

@@ -26,10 +26,8 @@
 //! chunk. That is what [`jest`] does.
 use tch::{Kind, Tensor};
 
-use super::{Policy, Selection, SelectionConfig, SelectorConfig};
-use crate::config::{Issues, PipelineConfig};
-use crate::error::{Error, Result};
-use crate::extract::backbone::ExtractorKind;
+use super::{Policy, SelectError, Selection, SelectionConfig, SelectorConfig};
+use crate::error::{Error, Issues, Result, SampleFault};
 use crate::rng::{self, Rng};
 
 /// Stream tag of JEST's sampling (beside [`rng::SELECT`]).
@@ -56,36 +54,6 @@ pub(super) fn validate(s: &SelectionConfig, v: &mut Issues) {
     });
 }
 
-/// Checks that span sections: `rho-loss` and `jest` need the reference CNN's class head,
-/// which only `extractor.kind: reference` has. Called by [`PipelineConfig::validate`].
-pub fn validate_pipeline(cfg: &PipelineConfig, v: &mut Issues) {
-    let policy = cfg.selection.policy;
-    if matches!(policy, Policy::RhoLoss | Policy::Jest)
-        && cfg.extractor.kind != ExtractorKind::Reference
-    {
-        v.at(
-            "selection.policy",
-            format!(
-                "{} needs per-sample losses of the reference model, so it requires \
-                 extractor.kind: reference (the built-in CNN that `saln-pipe pretrain` trains; \
-                 torchscript and resnet extractors give features, not class scores)",
-                name(policy)
-            ),
-        );
-    }
-}
-
-fn name(p: Policy) -> &'static str {
-    match p {
-        Policy::Saln => "saln",
-        Policy::Uniform => "uniform",
-        Policy::None => "none",
-        Policy::Loss => "loss",
-        Policy::RhoLoss => "rho-loss",
-        Policy::Jest => "jest",
-    }
-}
-
 /// Per-sample losses of a super-batch, from the `[n, 2]` tensor (learner, reference).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Losses {
@@ -98,27 +66,28 @@ pub struct Losses {
 impl Losses {
     /// Reads `[n, 2]` losses (any float dtype and device). Checks the shape and that every
     /// value is finite; a bad value names its position.
-    pub fn from_tensor(t: &Tensor, n: usize) -> std::result::Result<Losses, String> {
+    pub fn from_tensor(t: &Tensor, n: usize) -> std::result::Result<Losses, SelectError> {
         let size = t.size();
         if size != [n as i64, 2] {
-            return Err(format!(
+            return Err(SelectError::Other(format!(
                 "per-sample losses must be [{n}, 2] (learner, reference), got {size:?}"
-            ));
+            )));
         }
         let flat: Vec<f64> = t
             .f_to_kind(Kind::Double)
             .and_then(|x| x.f_to_device(tch::Device::Cpu))
             .and_then(|x| x.f_contiguous())
             .and_then(|x| x.f_view([-1]))
-            .and_then(|x| Vec::<f64>::try_from(&x))
-            .map_err(|e| e.to_string())?;
+            .and_then(|x| Vec::<f64>::try_from(&x))?;
         let (mut learner, mut reference) = (Vec::with_capacity(n), Vec::with_capacity(n));
         for (i, pair) in flat.chunks_exact(2).enumerate() {
             for (value, whose) in [(pair[0], "learner"), (pair[1], "reference model")] {
                 if !value.is_finite() {
-                    return Err(format!(
-                        "loss of sample {i} under the {whose} is not finite ({value})"
-                    ));
+                    return Err(SelectError::Sample(SampleFault {
+                        position: i,
+                        what: "loss",
+                        problem: format!("under the {whose} is not finite ({value})"),
+                    }));
                 }
             }
             learner.push(pair[0]);
@@ -223,10 +192,10 @@ pub(super) fn select(
     let losses = losses.ok_or_else(|| {
         err(format!(
             "the {} policy needs the per-sample losses of the learner",
-            name(cfg.policy)
+            cfg.policy.name()
         ))
     })?;
-    let losses = Losses::from_tensor(losses, n).map_err(err)?;
+    let losses = Losses::from_tensor(losses, n).map_err(|e| e.at(superbatch))?;
     let (kept, scores) = match cfg.policy {
         Policy::Loss => (top_b(&losses.learner, b), losses.learner),
         Policy::RhoLoss => {
@@ -241,7 +210,7 @@ pub(super) fn select(
         p => {
             return Err(err(format!(
                 "policy {} is not a loss-based baseline",
-                name(p)
+                p.name()
             )))
         }
     };
@@ -253,6 +222,7 @@ pub(super) fn select(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::config::PipelineConfig;
     use crate::rng::Rng;
     use crate::select::{Rule, Selector};
     use proptest::prelude::*;

@@ -137,12 +137,7 @@ fn timed(
     let mut last = None;
     for _ in 0..repeats.max(1) {
         let t = Instant::now();
-        let s = spectral::fiedler(features, cfg, Rng::new(seed)).map_err(|message| {
-            Error::Selection {
-                superbatch: 0,
-                message,
-            }
-        })?;
+        let s = spectral::fiedler(features, cfg, Rng::new(seed)).map_err(|e| e.at(0))?;
         times.push(t.elapsed().as_secs_f64() * 1e3);
         last = Some(s);
     }

@@ -1,6 +1,6 @@
 //! Learner feedback: per-sample losses handed back by the training loop.
 //!
-//! A training loop that embeds saln as a loader ([`crate::loader`]) can report the loss of
+//! A training loop that embeds saln as a loader (the `loader` module) can report the loss of
 //! each sample it trained on. The losses land in a [`LossTable`] shared (through an `Arc`)
 //! between the loop's thread and the pipeline, so that a learner-aware policy in the
 //! selection stage can read the latest loss of every sample it is about to score without a

@@ -4,7 +4,7 @@
 //! The learner trains on the `saln-train` thread; selection runs on `saln-extract`, ahead
 //! of it by the channel between them. The train stage *publishes* a deep copy of its
 //! variables every `K = selection.refresh_every` optimizer steps (and at step 0) on a shared
-//! [`SnapshotBoard`] ([`Publisher`], held by the [`crate::train::Trainer`]); the extract
+//! [`SnapshotBoard`] ([`Publisher`], held by the train stage's `Trainer`); the extract
 //! stage keeps its own copy of the learner ([`LearnerScorer`]) and copies a snapshot in
 //! (`f_copy_` under `no_grad`) when it needs a newer one.
 //!
@@ -47,9 +47,8 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::extract::Extractor;
 use crate::model::{Cnn, CnnArch};
-use crate::pipeline::Cancel;
+use crate::stage::Cancel;
 
 /// The optimizer step whose snapshot scores the `j`-th sub-batch (0-based):
 /// `every * floor(max(0, j - lag) / every)`.
@@ -131,7 +130,7 @@ struct BoardState {
 }
 
 /// Where the train stage leaves snapshots of the learner for the extract stage (shared
-/// through an `Arc`; created by [`crate::pipeline::run`] when the policy needs the learner).
+/// through an `Arc`; created by `pipeline::run` when the policy needs the learner).
 #[derive(Default)]
 pub struct SnapshotBoard {
     state: Mutex<BoardState>,
@@ -354,14 +353,15 @@ impl LearnerScorer {
 
     /// Per-sample losses of `images` (`[n, C, H, W]` float32 on the device) against
     /// `labels` (`[n]` int64) for the `j`-th sub-batch: the learner's with the snapshot of
-    /// step [`snapshot_step`]`(j)` (waiting for it), and, when `reference` is given, the
-    /// reference CNN's. `Ok(None)` when `cancel` fires while waiting.
+    /// step [`snapshot_step`]`(j)` (waiting for it), and, when `reference` (the reference
+    /// CNN's logits of a micro-batch) is given, the reference model's. `Ok(None)` when
+    /// `cancel` fires while waiting.
     pub fn losses(
         &mut self,
         images: &Tensor,
         labels: &Tensor,
         j: u64,
-        reference: Option<&Extractor>,
+        reference: Option<&dyn Fn(&Tensor) -> Result<Tensor>>,
         cancel: &Cancel,
     ) -> Result<Option<Scored>> {
         let step = snapshot_step(j, self.every, self.lag);
@@ -388,9 +388,7 @@ impl LearnerScorer {
         let _guard = tch::no_grad_guard();
         let learner = per_sample_loss(|x| self.model.logits(x), images, labels, self.micro_batch)?;
         let reference = match reference {
-            Some(r) => {
-                per_sample_loss(|x| r.reference_logits(x), images, labels, self.micro_batch)?
-            }
+            Some(r) => per_sample_loss(r, images, labels, self.micro_batch)?,
             None => learner.f_zeros_like()?,
         };
         Ok(Some(Scored {

@@ -19,14 +19,14 @@
 //! The number kept is `b = max(1, round(rho * B))`, capped at `B` ([`keep_count`]), with
 //! `rho` the schedule's keep ratio at the super-batch's training progress. `docs/selection.md`
 //! is the user's guide to every option.
-use crate::config::Issues;
+use crate::error::Issues;
 
 use std::time::Instant;
 
 use serde::{Deserialize, Serialize};
 use tch::Tensor;
 
-use crate::error::{Error, Result};
+use crate::error::{Error, Result, SampleFault};
 use crate::rng::{self, Rng};
 
 pub mod baselines;
@@ -34,6 +34,7 @@ pub mod bench;
 pub mod feedback;
 pub mod lanczos;
 pub mod learner;
+pub mod outcome;
 pub mod rules;
 pub mod schedule;
 pub mod spectral;
@@ -42,6 +43,42 @@ pub use lanczos::LanczosOptions;
 pub use rules::Rule;
 pub use schedule::Schedule;
 pub use spectral::{LaplacianKind, Solver, SpectralConfig, WeightMapping};
+
+/// Why a selection step failed, before the stage that runs it adds the super-batch: a
+/// sample that cannot be used (its position travels in the value), or anything else
+/// (a wrong shape, libtorch).
+#[derive(Debug, Clone, PartialEq, thiserror::Error)]
+pub enum SelectError {
+    /// One sample is at fault.
+    #[error("{0}")]
+    Sample(SampleFault),
+    /// The input as a whole, or libtorch.
+    #[error("{0}")]
+    Other(String),
+}
+
+impl From<tch::TchError> for SelectError {
+    fn from(e: tch::TchError) -> Self {
+        SelectError::Other(e.to_string())
+    }
+}
+
+impl SelectError {
+    /// As the library's [`Error`], for super-batch `superbatch`.
+    pub fn at(self, superbatch: u64) -> Error {
+        match self {
+            SelectError::Sample(fault) => Error::BadSample {
+                superbatch,
+                id: None,
+                fault,
+            },
+            SelectError::Other(message) => Error::Selection {
+                superbatch,
+                message,
+            },
+        }
+    }
+}
 
 /// A selection policy.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -65,6 +102,48 @@ pub enum Policy {
 }
 
 impl Policy {
+    /// Every policy, in the order the docs list them.
+    pub const ALL: [Policy; 6] = [
+        Policy::None,
+        Policy::Uniform,
+        Policy::Loss,
+        Policy::RhoLoss,
+        Policy::Jest,
+        Policy::Saln,
+    ];
+
+    /// The policy's name as written in the YAML (`rho-loss`), the report, the export's
+    /// metadata and the evaluation's tables: the one place it is spelled.
+    ///
+    /// ```
+    /// use saln::select::Policy;
+    /// assert_eq!(Policy::RhoLoss.name(), "rho-loss");
+    /// assert_eq!("rho-loss".parse::<Policy>(), Ok(Policy::RhoLoss));
+    /// ```
+    pub fn name(self) -> &'static str {
+        match self {
+            Policy::Saln => "saln",
+            Policy::Uniform => "uniform",
+            Policy::None => "none",
+            Policy::Loss => "loss",
+            Policy::RhoLoss => "rho-loss",
+            Policy::Jest => "jest",
+        }
+    }
+
+    /// The sort key of a sample's score under this policy (and `rule`, for `saln`): the
+    /// lower the key, the more the policy prefers the sample. The selection rules
+    /// ([`rules::apply`]) and the export's ranks ([`ranks`]) both order by it, so the two
+    /// can never disagree. Random policies prefer no sample (key 0: position order).
+    pub fn preference_key(self, rule: Rule, score: f64) -> f64 {
+        match self {
+            Policy::Saln => rule.preference_key(score),
+            Policy::Uniform | Policy::None => 0.0,
+            // Learner-aware policies prefer high (reducible) loss / learnability.
+            Policy::Loss | Policy::RhoLoss | Policy::Jest => -score,
+        }
+    }
+
     /// Whether the policy needs the reference model's features.
     pub fn needs_features(self) -> bool {
         matches!(self, Policy::Saln)
@@ -81,6 +160,54 @@ impl Policy {
     pub fn needs_reference(self) -> bool {
         matches!(self, Policy::Saln | Policy::RhoLoss | Policy::Jest)
     }
+}
+
+impl std::fmt::Display for Policy {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Policy {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Policy::ALL
+            .into_iter()
+            .find(|p| p.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Policy::ALL.iter().map(|p| p.name()).collect();
+                format!("unknown policy `{s}`: expected one of {}", names.join(", "))
+            })
+    }
+}
+
+/// The rank of each sample of a super-batch by how much `policy` (with `rule`) prefers it:
+/// 0 for the most preferred, ties by position (the order [`Policy::preference_key`] gives).
+///
+/// | policy / rule | order |
+/// |---|---|
+/// | `saln` + `extremes`, `balanced` | `abs(score)` descending: cluster cores first |
+/// | `saln` + `boundary` | `abs(score)` ascending: nearest the spectral cut first |
+/// | `saln` + `quantile` | `score` ascending: the position along the spectral axis (the rule keeps evenly spaced ranks) |
+/// | `uniform`, `none` | position in the super-batch (these policies score nothing) |
+/// | `loss`, `rho-loss`, `jest` | `score` descending: the highest (reducible) loss first |
+///
+/// ```
+/// use saln::select::{ranks, Policy, Rule};
+/// let v = [0.5, -0.9, 0.1];
+/// assert_eq!(ranks(Policy::Saln, Rule::Extremes, &v), vec![1, 0, 2]);
+/// assert_eq!(ranks(Policy::Saln, Rule::Quantile, &v), vec![2, 0, 1]);
+/// assert_eq!(ranks(Policy::Uniform, Rule::Quantile, &[0.0; 3]), vec![0, 1, 2]);
+/// ```
+pub fn ranks(policy: Policy, rule: Rule, scores: &[f32]) -> Vec<u32> {
+    let key = |v: f32| policy.preference_key(rule, v as f64);
+    let mut order: Vec<usize> = (0..scores.len()).collect();
+    order.sort_by(|&a, &b| key(scores[a]).total_cmp(&key(scores[b])).then(a.cmp(&b)));
+    let mut rank = vec![0u32; scores.len()];
+    for (r, &i) in order.iter().enumerate() {
+        rank[i] = r as u32;
+    }
+    rank
 }
 
 /// Settings of a [`Selector`].
@@ -103,9 +230,8 @@ pub struct SelectorConfig {
 }
 
 impl SelectorConfig {
-    /// From the pipeline config.
-    pub fn from_config(cfg: &crate::config::PipelineConfig) -> Self {
-        let s = &cfg.selection;
+    /// From the `selection:` section and the pipeline's master `seed`.
+    pub fn new(s: &SelectionConfig, seed: u64) -> Self {
         SelectorConfig {
             policy: s.policy,
             keep_ratio: s.keep_ratio,
@@ -118,8 +244,8 @@ impl SelectorConfig {
                 lanczos: LanczosOptions::default(),
             },
             rule: s.rule,
-            seed: cfg.seed,
-            jest_chunks: cfg.selection.jest_chunks,
+            seed,
+            jest_chunks: s.jest_chunks,
         }
     }
 }
@@ -235,13 +361,8 @@ impl Selector {
                     message: "the saln policy needs features".into(),
                 })?;
                 let stream = Rng::derive(self.cfg.seed, &[rng::SELECT, superbatch, 1]);
-                let spec =
-                    spectral::fiedler(features, &self.cfg.spectral, stream).map_err(|e| {
-                        Error::Selection {
-                            superbatch,
-                            message: e,
-                        }
-                    })?;
+                let spec = spectral::fiedler(features, &self.cfg.spectral, stream)
+                    .map_err(|e| e.at(superbatch))?;
                 Selection {
                     kept: rules::apply(self.cfg.rule, &spec.vector, b),
                     scores: spec.vector.iter().map(|&v| v as f32).collect(),
@@ -343,6 +464,19 @@ impl SelectionConfig {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn policy_names_are_the_yaml_spelling() {
+        for p in Policy::ALL {
+            let yaml = serde_json::to_value(p).unwrap();
+            assert_eq!(yaml.as_str(), Some(p.name()));
+            assert_eq!(p.name().parse::<Policy>(), Ok(p));
+        }
+        assert!("sideways"
+            .parse::<Policy>()
+            .unwrap_err()
+            .contains("rho-loss"));
+    }
     use crate::select::bench::clustered_features;
 
     fn sel(policy: Policy, rho: f64) -> Selector {
@@ -509,7 +643,7 @@ mod tests {
              knn_k: 7, laplacian: symmetric, solver: lanczos, rule: balanced }",
         )
         .unwrap();
-        let s = SelectorConfig::from_config(&cfg);
+        let s = SelectorConfig::new(&cfg.selection, cfg.seed);
         assert_eq!(
             s.schedule,
             Schedule::Step {

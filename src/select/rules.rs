@@ -21,6 +21,57 @@ pub enum Rule {
     Quantile,
 }
 
+impl Rule {
+    /// Every rule.
+    pub const ALL: [Rule; 4] = [
+        Rule::Extremes,
+        Rule::Boundary,
+        Rule::Balanced,
+        Rule::Quantile,
+    ];
+
+    /// The rule's name as written in the YAML and the reports.
+    pub fn name(self) -> &'static str {
+        match self {
+            Rule::Extremes => "extremes",
+            Rule::Boundary => "boundary",
+            Rule::Balanced => "balanced",
+            Rule::Quantile => "quantile",
+        }
+    }
+
+    /// The order in which the rule looks at samples, as a sort key of `v_i` (lower first,
+    /// ties by position): by `-|v|` (extremes, balanced), `|v|` (boundary) or `v`
+    /// (quantile, which then takes evenly spaced ranks). [`apply`] and the export's ranks
+    /// both sort by it.
+    pub fn preference_key(self, v: f64) -> f64 {
+        match self {
+            Rule::Extremes | Rule::Balanced => -v.abs(),
+            Rule::Boundary => v.abs(),
+            Rule::Quantile => v,
+        }
+    }
+}
+
+impl std::fmt::Display for Rule {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.name())
+    }
+}
+
+impl std::str::FromStr for Rule {
+    type Err = String;
+    fn from_str(s: &str) -> std::result::Result<Self, String> {
+        Rule::ALL
+            .into_iter()
+            .find(|r| r.name() == s)
+            .ok_or_else(|| {
+                let names: Vec<&str> = Rule::ALL.iter().map(|r| r.name()).collect();
+                format!("unknown rule `{s}`: expected one of {}", names.join(", "))
+            })
+    }
+}
+
 fn order_by(v: &[f64], key: impl Fn(f64) -> f64) -> Vec<usize> {
     let mut idx: Vec<usize> = (0..v.len()).collect();
     idx.sort_by(|&a, &b| key(v[a]).total_cmp(&key(v[b])).then(a.cmp(&b)));
@@ -39,17 +90,12 @@ fn order_by(v: &[f64], key: impl Fn(f64) -> f64) -> Vec<usize> {
 pub fn apply(rule: Rule, v: &[f64], b: usize) -> Vec<usize> {
     let n = v.len();
     let b = b.min(n);
+    let order = order_by(v, |x| rule.preference_key(x));
     let mut kept = match rule {
-        Rule::Extremes => order_by(v, |x| -x.abs())[..b].to_vec(),
-        Rule::Boundary => order_by(v, f64::abs)[..b].to_vec(),
-        Rule::Quantile => {
-            let sorted = order_by(v, |x| x);
-            (0..b)
-                .map(|k| sorted[((2 * k + 1) * n) / (2 * b)])
-                .collect()
-        }
+        Rule::Extremes | Rule::Boundary => order[..b].to_vec(),
+        Rule::Quantile => (0..b).map(|k| order[((2 * k + 1) * n) / (2 * b)]).collect(),
         Rule::Balanced => {
-            let by_mag = order_by(v, |x| -x.abs());
+            let by_mag = order;
             let pos: Vec<usize> = by_mag.iter().copied().filter(|&i| v[i] >= 0.0).collect();
             let neg: Vec<usize> = by_mag.iter().copied().filter(|&i| v[i] < 0.0).collect();
             let mut from_pos = ((b * pos.len()) as f64 / n.max(1) as f64).round() as usize;
@@ -75,12 +121,16 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    const ALL: [Rule; 4] = [
-        Rule::Extremes,
-        Rule::Boundary,
-        Rule::Balanced,
-        Rule::Quantile,
-    ];
+    const ALL: [Rule; 4] = Rule::ALL;
+
+    #[test]
+    fn names_are_the_yaml_spelling() {
+        for r in ALL {
+            let yaml = serde_json::to_value(r).unwrap();
+            assert_eq!(yaml.as_str(), Some(r.name()));
+            assert_eq!(r.name().parse::<Rule>(), Ok(r));
+        }
+    }
 
     proptest! {
         #[test]

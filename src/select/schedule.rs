@@ -19,7 +19,7 @@
 //! | `step` | `steps` equal plateaus from `start` to `end`: plateau `k = min(floor(t steps), steps - 1)` has `start + (end - start) k / (steps - 1)` |
 use serde::{Deserialize, Serialize};
 
-use crate::config::Issues;
+use crate::error::Issues;
 
 /// How the keep ratio moves from `start` to `selection.keep_ratio` over training.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Serialize, Deserialize)]

@@ -26,6 +26,8 @@ use serde::{Deserialize, Serialize};
 use tch::{Kind, Tensor};
 
 use super::lanczos::{lowest_pair, t_matmul, LanczosOptions};
+use super::SelectError;
+use crate::error::SampleFault;
 use crate::rng::Rng;
 
 /// How a cosine similarity becomes an edge weight.
@@ -152,13 +154,13 @@ pub struct Spectrum {
 /// float32 otherwise (the extractor's features are float32; converting a super-batch of
 /// 16384 x 2048 to float64 costs more than the whole iterative solve). A zero or
 /// non-finite row is an error naming its position.
-pub fn normalized_rows(features: &Tensor) -> Result<Tensor, String> {
-    let t = |e: tch::TchError| e.to_string();
+pub fn normalized_rows(features: &Tensor) -> Result<Tensor, SelectError> {
+    let t = SelectError::from;
     let size = features.size();
     if size.len() != 2 || size[0] == 0 || size[1] == 0 {
-        return Err(format!(
+        return Err(SelectError::Other(format!(
             "features must be [n, d] with n, d > 0, got {size:?}"
-        ));
+        )));
     }
     let kind = match features.kind() {
         Kind::Double => Kind::Double,
@@ -185,7 +187,11 @@ pub fn normalized_rows(features: &Tensor) -> Result<Tensor, String> {
         } else {
             "has a non-finite value (NaN or infinity)"
         };
-        return Err(format!("feature vector of sample {first} {what}"));
+        return Err(SelectError::Sample(SampleFault {
+            position: first as usize,
+            what: "feature vector",
+            problem: what.into(),
+        }));
     }
     x.f_div(&norms.f_unsqueeze(1).map_err(t)?).map_err(t)
 }
@@ -511,7 +517,7 @@ fn dense(
 /// - two components: `lambda2 = 0` and the vector separates them (not degenerate).
 ///
 /// A zero or non-finite feature row is an error naming the sample's position.
-pub fn fiedler(features: &Tensor, cfg: &SpectralConfig, rng: Rng) -> Result<Spectrum, String> {
+pub fn fiedler(features: &Tensor, cfg: &SpectralConfig, rng: Rng) -> Result<Spectrum, SelectError> {
     let u = normalized_rows(features)?;
     let n = u.size()[0] as usize;
     let solver = resolve(cfg.solver, n);
@@ -527,7 +533,7 @@ pub fn fiedler(features: &Tensor, cfg: &SpectralConfig, rng: Rng) -> Result<Spec
             scale: 0.0,
         });
     }
-    let t = |e: tch::TchError| e.to_string();
+    let t = SelectError::from;
     let graph = Graph::build(&u, cfg, solver == Solver::Lanczos).map_err(t)?;
     let mut out = Spectrum {
         vector: vec![0.0; n],
@@ -701,12 +707,14 @@ mod tests {
         for c in every_cfg() {
             let f = feats(&[&[1.0, 0.0], &[0.0, 0.0], &[0.5, 0.5]]);
             let e = fiedler(&f, &c, Rng::new(0)).unwrap_err();
-            assert_eq!(e, "feature vector of sample 1 is all zeros");
+            assert_eq!(e.to_string(), "feature vector of sample 1 is all zeros");
             let f = feats(&[&[1.0, 0.0], &[0.3, 0.1], &[f32::NAN, 0.5]]);
             let e = fiedler(&f, &c, Rng::new(0)).unwrap_err();
+            let e = e.to_string();
             assert!(e.contains("sample 2") && e.contains("non-finite"), "{e}");
             let f = feats(&[&[1.0, 0.0], &[f32::INFINITY, 0.1], &[0.2, 0.5]]);
             let e = fiedler(&f, &c, Rng::new(0)).unwrap_err();
+            let e = e.to_string();
             assert!(e.contains("sample 1") && e.contains("non-finite"), "{e}");
         }
     }

@@ -12,7 +12,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 use super::{RawImage, Sample, Source, SourceShape};
-use crate::config::Issues;
+use crate::error::Issues;
 use crate::error::{Error, Result};
 
 /// Bytes of one record: a label byte and 3 x 32 x 32 pixels.

@@ -15,7 +15,7 @@ use std::io::Cursor;
 use image::{DynamicImage, ImageFormat, ImageReader};
 
 use super::RawImage;
-use crate::augment::Size;
+use crate::pixel::Size;
 
 /// Decodes `bytes` (a whole JPEG or PNG file) into `channels` (1 or 3) channels, CHW.
 /// The error is a message without the file name; the caller adds it.
@@ -70,7 +70,7 @@ pub fn decode_resized(
         Err(p) => {
             return Err(format!(
                 "{format:?} decoder panicked: {}",
-                crate::pipeline::panic_message(&p)
+                crate::stage::panic_message(&p)
             ))
         }
     };
@@ -105,7 +105,7 @@ fn to_planes(img: DynamicImage, channels: usize, size: Option<Size>) -> Result<R
     let interleaved = if (height, width) == (h0, w0) {
         interleaved
     } else {
-        crate::augment::ops::resize_interleaved(channels, h0, w0, &interleaved, height, width)?
+        crate::pixel::resize_interleaved(channels, h0, w0, &interleaved, height, width)?
     };
     let data = if channels == 1 {
         // Grey is already planar: one plane, no transposition.

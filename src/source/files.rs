@@ -8,8 +8,8 @@
 use std::path::PathBuf;
 
 use super::{decode, Sample, Source, SourceShape};
-use crate::augment::Size;
 use crate::error::{Error, Result};
+use crate::pixel::Size;
 
 /// Image files with labels.
 #[derive(Debug, Clone)]

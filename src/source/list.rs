@@ -23,7 +23,7 @@ use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 
 use super::files::FileSource;
-use crate::config::Issues;
+use crate::error::Issues;
 use crate::error::{Error, Result};
 
 /// A CSV or JSONL list of image paths and labels.

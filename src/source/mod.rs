@@ -23,7 +23,7 @@
 //! list with a bad line) fails when the source is opened, naming the file. A bad *image*
 //! (corrupt, truncated, empty, unreadable) is a per-sample error from [`Source::get`], which
 //! the loader skips or fails on according to `on_error`.
-use crate::config::Issues;
+use crate::error::Issues;
 use serde::{Deserialize, Serialize};
 use std::path::PathBuf;
 use std::sync::Arc;
@@ -31,112 +31,17 @@ use std::sync::Arc;
 use crate::error::{Error, Result};
 use crate::rng::{self, Rng};
 
+pub use crate::pixel::{RawImage, SourceShape};
+
 pub mod cifar;
 pub mod decode;
+pub mod exported;
 pub mod files;
 pub mod folder;
 pub mod idx;
 pub mod list;
 pub mod parquet;
 pub mod selection;
-
-/// An image as stored: `u8` pixels in CHW order (`channels x height x width`).
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct RawImage {
-    /// Number of channels (1 for grey).
-    pub channels: usize,
-    /// Rows.
-    pub height: usize,
-    /// Columns.
-    pub width: usize,
-    /// `channels * height * width` bytes, CHW.
-    pub data: Vec<u8>,
-}
-
-impl RawImage {
-    /// Converts to `channels` channels (1 or 3): grey to RGB repeats the plane, RGB to grey
-    /// takes the luma `0.299 R + 0.587 G + 0.114 B` (ITU-R 601, as PIL's `convert("L")`),
-    /// a fourth (alpha) or second (grey + alpha) channel is dropped. Returns the image
-    /// unchanged when it already has `channels`; an error for other combinations.
-    ///
-    /// ```
-    /// use saln::source::RawImage;
-    /// let grey = RawImage { channels: 1, height: 1, width: 2, data: vec![10, 200] };
-    /// let rgb = grey.clone().to_channels(3).unwrap();
-    /// assert_eq!(rgb.data, vec![10, 200, 10, 200, 10, 200]);
-    /// assert_eq!(rgb.to_channels(1).unwrap(), grey);
-    /// ```
-    pub fn to_channels(self, channels: usize) -> std::result::Result<RawImage, String> {
-        if self.channels == channels {
-            return Ok(self);
-        }
-        let plane = self.height * self.width;
-        if self.data.len() != self.channels * plane {
-            return Err(format!(
-                "image has {} bytes, expected {}x{}x{}",
-                self.data.len(),
-                self.channels,
-                self.height,
-                self.width
-            ));
-        }
-        let data = match (self.channels, channels) {
-            (1 | 2, 1) => self.data[..plane].to_vec(),
-            (1 | 2, 3) => self.data[..plane].repeat(3),
-            (3 | 4, 3) => self.data[..3 * plane].to_vec(),
-            (3 | 4, 1) => {
-                let (r, rest) = self.data.split_at(plane);
-                let (g, b) = rest.split_at(plane);
-                r.iter()
-                    .zip(g)
-                    .zip(&b[..plane])
-                    .map(|((&r, &g), &b)| {
-                        ((r as u32 * 299 + g as u32 * 587 + b as u32 * 114 + 500) / 1000) as u8
-                    })
-                    .collect()
-            }
-            (from, to) => {
-                return Err(format!(
-                    "cannot convert an image of {from} channels to {to} channels"
-                ))
-            }
-        };
-        Ok(RawImage {
-            channels,
-            height: self.height,
-            width: self.width,
-            data,
-        })
-    }
-}
-
-/// The shape of a source's images as stored, before augmentation: the channel count is
-/// always known; the size only when every image has the same one (IDX, CIFAR-10). Image
-/// files come in any size, and the augmentation op list decides the output size.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
-pub struct SourceShape {
-    /// Channels of every image (1 grey, 3 RGB).
-    pub channels: usize,
-    /// `(height, width)` when every image has it; `None` for image files of any size.
-    pub size: Option<(usize, usize)>,
-}
-
-impl SourceShape {
-    /// Images of one size, `channels x height x width`.
-    pub fn fixed(channels: usize, height: usize, width: usize) -> Self {
-        SourceShape {
-            channels,
-            size: Some((height, width)),
-        }
-    }
-    /// Images of `channels` channels and any size.
-    pub fn variable(channels: usize) -> Self {
-        SourceShape {
-            channels,
-            size: None,
-        }
-    }
-}
 
 /// One labelled sample.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -165,7 +70,7 @@ pub trait Source: Send + Sync {
     /// `resize`: sources of encoded images override it to resize the decoder's interleaved
     /// pixels before splitting them into planes, which saves a full-size copy. The default
     /// returns [`Source::get`] unchanged and lets the op do the resizing.
-    fn get_resized(&self, index: usize, size: crate::augment::Size) -> Result<Sample> {
+    fn get_resized(&self, index: usize, size: crate::pixel::Size) -> Result<Sample> {
         let _ = size;
         self.get(index)
     }
@@ -223,10 +128,10 @@ impl Split {
 }
 
 impl Split {
-    /// The split a pipeline uses for a training set of `n` samples: `source.holdout`,
-    /// `source.limit` and the run's `seed`.
-    pub fn for_config(n: usize, cfg: &crate::config::PipelineConfig) -> Result<Split> {
-        Split::new(n, cfg.source.holdout, cfg.source.limit, cfg.seed)
+    /// The split a pipeline uses for a training set of `n` samples: the section's
+    /// `holdout` and `limit`, and the run's `seed`.
+    pub fn for_source(n: usize, cfg: &SourceConfig, seed: u64) -> Result<Split> {
+        Split::new(n, cfg.holdout, cfg.limit, seed)
     }
 }
 
@@ -320,7 +225,7 @@ impl Source for Converted {
     fn get(&self, index: usize) -> Result<Sample> {
         self.convert(index, self.inner.get(index)?)
     }
-    fn get_resized(&self, index: usize, size: crate::augment::Size) -> Result<Sample> {
+    fn get_resized(&self, index: usize, size: crate::pixel::Size) -> Result<Sample> {
         self.convert(index, self.inner.get_resized(index, size)?)
     }
     fn locate(&self, index: usize) -> String {

@@ -24,7 +24,7 @@ use arrow::datatypes::{DataType, Int64Type};
 use serde::{Deserialize, Serialize};
 
 use super::{decode, Sample, Source, SourceShape};
-use crate::config::Issues;
+use crate::error::Issues;
 use crate::error::{Error, Result};
 
 /// A Parquet table with an image column and a label column.
@@ -283,7 +283,7 @@ fn read_table(path: &Path, cfg: &ParquetConfig) -> Result<Table> {
                     &f,
                     format!(
                         "the Parquet reader panicked (corrupt file?): {}",
-                        crate::pipeline::panic_message(&p)
+                        crate::stage::panic_message(&p)
                     ),
                 ))
             }
@@ -318,7 +318,7 @@ impl Source for ParquetSource {
         self.read(index, None)
     }
 
-    fn get_resized(&self, index: usize, size: crate::augment::Size) -> Result<Sample> {
+    fn get_resized(&self, index: usize, size: crate::pixel::Size) -> Result<Sample> {
         self.read(index, Some(size))
     }
 
@@ -339,7 +339,7 @@ impl Source for ParquetSource {
 }
 
 impl ParquetSource {
-    fn read(&self, index: usize, size: Option<crate::augment::Size>) -> Result<Sample> {
+    fn read(&self, index: usize, size: Option<crate::pixel::Size>) -> Result<Sample> {
         let row = *self.rows.get(index).ok_or_else(|| Error::Sample {
             sample: format!("#{index}"),
             message: format!("index out of range (0..{})", self.rows.len()),
@@ -519,7 +519,7 @@ pub fn write_table(
     w.write(&batch)
         .map_err(|e| Error::data(path, e.to_string()))?;
     w.close().map_err(|e| Error::data(path, e.to_string()))?;
-    crate::report::write_atomic(path, &out)
+    crate::io::write_atomic(path, &out)
 }
 
 #[cfg(test)]

@@ -23,7 +23,7 @@ use std::sync::Arc;
 use serde::{Deserialize, Serialize};
 
 use super::{Sample, Source};
-use crate::config::Issues;
+use crate::error::Issues;
 use crate::error::{Error, Result};
 
 /// Which epochs' selections to take.
@@ -131,10 +131,10 @@ impl SelectionSource {
             path: path.clone(),
             message,
         };
-        if crate::export::read::files(path)?.is_empty() {
+        if super::exported::files(path)?.is_empty() {
             return Err(bad("no Parquet files: not an export folder".into()));
         }
-        let all = crate::export::read::read(path, false)?;
+        let all = super::exported::read(path, false)?;
         let mut epochs: Vec<u32> = all.iter().map(|r| r.epoch).collect();
         epochs.sort_unstable();
         epochs.dedup();
@@ -212,7 +212,7 @@ impl Source for SelectionSource {
         self.checked(index, |i| self.inner.get(i))
     }
 
-    fn get_resized(&self, index: usize, size: crate::augment::Size) -> Result<Sample> {
+    fn get_resized(&self, index: usize, size: crate::pixel::Size) -> Result<Sample> {
         self.checked(index, |i| self.inner.get_resized(i, size))
     }
 

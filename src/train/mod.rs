@@ -4,7 +4,7 @@
 //! Each sub-batch is one Adam step, so with `keep_ratio = 0.25` and `B = 256` the learner
 //! takes steps of 64 samples; with the `none` policy, steps of 256. The learner's
 //! initialisation comes from the run seed.
-use crate::config::Issues;
+use crate::error::Issues;
 use serde::Deserialize;
 use std::time::Instant;
 
@@ -14,10 +14,10 @@ use tch::{Device, Kind, Tensor};
 
 use crate::augment::Augmenter;
 use crate::error::{Error, Result};
-use crate::extract::SubBatch;
 use crate::model::{correct, cross_entropy, Cnn};
-use crate::pipeline::{Cancel, Msg, StageStats};
+use crate::select::outcome::SubBatch;
 use crate::source::{OnError, Source};
+use crate::stage::{Cancel, Msg, StageStats};
 
 /// One epoch's figures, as printed and reported.
 #[derive(Debug, Clone, Serialize, PartialEq)]

@@ -79,7 +79,7 @@ pub fn fixture() -> &'static Fixture {
             weights: root.join("reference.safetensors"),
         };
         let cfg = base_config(&root.join("pretrain"));
-        saln::extract::pretrain::pretrain(&cfg, &mut |_, _| {}).unwrap();
+        saln::pipeline::pretrain(&cfg, &mut |_, _| {}).unwrap();
         f
     })
 }

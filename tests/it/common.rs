@@ -63,7 +63,7 @@ pub fn fmnist_reference() -> PathBuf {
             std::fs::create_dir_all(&dir).unwrap();
             let weights = dir.join("reference.safetensors");
             let cfg = fmnist_config(&dir, &weights);
-            saln::extract::pretrain::pretrain(&cfg, &mut |_, _| {}).unwrap();
+            saln::pipeline::pretrain(&cfg, &mut |_, _| {}).unwrap();
             weights
         })
         .clone()

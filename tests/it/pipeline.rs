@@ -108,7 +108,7 @@ report: {{ path: {dir}/report.json, progress_seconds: 0 }}
         dir = dir.path().display()
     );
     let cfg = saln::config::PipelineConfig::from_yaml_str(&yaml, "synthetic.yaml").unwrap();
-    let pre = saln::extract::pretrain::pretrain(&cfg, &mut |_, _| {}).unwrap();
+    let pre = saln::pipeline::pretrain(&cfg, &mut |_, _| {}).unwrap();
     assert!(
         pre.test_accuracy > 0.9,
         "reference accuracy {}",

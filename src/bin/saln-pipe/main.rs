@@ -248,7 +248,7 @@ fn run_loader_only(cfg: &PipelineConfig) -> ExitCode {
         Err(code) => return code,
     };
     let signals = rt.spawn(stop_on_signal(cancel.clone()));
-    let result = saln::batch::loader_only::run(cfg, cancel);
+    let result = saln::pipeline::loader_only::run(cfg, cancel);
     signals.abort();
     match result {
         Ok(r) => {
@@ -348,7 +348,7 @@ fn main() -> ExitCode {
                 "saln: pretraining the reference CNN on {} held-out samples",
                 cfg.source.holdout
             );
-            let r = saln::extract::pretrain::pretrain(&cfg, &mut |e, loss| {
+            let r = saln::pipeline::pretrain(&cfg, &mut |e, loss| {
                 eprintln!("pretrain epoch {:>2}  loss {loss:.4}", e + 1)
             });
             match r {

@@ -20,39 +20,17 @@
 //! superbatch: { size: 64 }
 //! loader_only: { epochs: 1 }
 //! ```
-use serde::{Deserialize, Serialize};
+use serde::Serialize;
 use std::sync::Arc;
 use std::time::Instant;
 
-use super::{run_loader, LoaderPlan, LoaderSummary, Shard};
 use crate::augment::Augmenter;
-use crate::config::{Issues, PipelineConfig};
+use crate::batch::{run_loader, LoaderSummary, Shard};
+use crate::config::PipelineConfig;
 use crate::error::{Error, Result};
-use crate::pipeline::{Cancel, Msg, StageSnapshot, StageStats};
 use crate::report::Status;
 use crate::source::{self, Split};
-
-/// The `loader_only` block: its presence makes `saln-pipe run` a loader-only run.
-#[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(deny_unknown_fields)]
-pub struct LoaderOnlyConfig {
-    /// Epochs to load.
-    #[serde(default = "d_epochs")]
-    pub epochs: usize,
-}
-
-fn d_epochs() -> usize {
-    1
-}
-
-impl LoaderOnlyConfig {
-    /// Adds this block's problems to `v`.
-    pub fn validate(&self, v: &mut Issues) {
-        v.check(self.epochs > 0, "loader_only.epochs", || {
-            "must be at least 1".into()
-        });
-    }
-}
+use crate::stage::{join, spawn_stage, Cancel, Msg, StageSnapshot, StageStats};
 
 /// The report of a loader-only run.
 #[derive(Debug, Clone, Serialize)]
@@ -105,7 +83,7 @@ impl LoaderReport {
             path: path.to_path_buf(),
             message: format!("cannot serialise report: {e}"),
         })?;
-        crate::report::write_atomic(path, &json)
+        crate::io::write_atomic(path, &json)
     }
 }
 
@@ -134,7 +112,7 @@ pub fn run(cfg: &PipelineConfig, cancel: Cancel) -> Result<LoaderReport> {
     let open_seconds = t_open.elapsed().as_secs_f64();
     let augmenter = Arc::new(Augmenter::new(cfg.augment.ops.clone()));
     let (c, h, w) = augmenter.output_shape(data.train.shape())?;
-    let plan = LoaderPlan::from_config(cfg, indices, epochs)?;
+    let plan = cfg.loader_plan(indices, epochs)?;
     let shard = plan.shard;
     let train_samples = plan.indices.len();
     let stats = Arc::new(StageStats::new("loader"));
@@ -143,20 +121,9 @@ pub fn run(cfg: &PipelineConfig, cancel: Cancel) -> Result<LoaderReport> {
     let cpu_start = process_cpu_seconds();
     let loader = {
         let (src, st, c) = (data.train.clone(), stats.clone(), cancel.clone());
-        std::thread::Builder::new()
-            .name("saln-loader".into())
-            .spawn(move || {
-                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| {
-                    run_loader(src, augmenter, plan, tx, &st, &c)
-                }))
-                .unwrap_or_else(|p| {
-                    Err(Error::Panic {
-                        stage: "loader",
-                        message: crate::pipeline::panic_message(&p),
-                    })
-                })
-            })
-            .map_err(|e| Error::io("<thread>", e))?
+        spawn_stage("loader", &cancel, move || {
+            run_loader(src, augmenter, plan, tx, &st, &c)
+        })?
     };
     // The consumer: take each super-batch and drop it.
     while let Some(msg) = rx.blocking_recv() {
@@ -164,25 +131,16 @@ pub fn run(cfg: &PipelineConfig, cancel: Cancel) -> Result<LoaderReport> {
             drop(sb);
         }
     }
-    let result = loader.join().unwrap_or_else(|p| {
-        Err(Error::Panic {
-            stage: "loader",
-            message: crate::pipeline::panic_message(&p),
-        })
-    });
+    let result = join(loader, "loader");
     let load_seconds = t_load.elapsed().as_secs_f64();
     let cpu_seconds = process_cpu_seconds()
         .zip(cpu_start)
         .map(|(end, start)| end - start);
     let (summary, error) = match result {
         Ok(s) => (s, None),
-        Err(e) => (LoaderSummary::default(), Some(e.in_stage("loader"))),
+        Err(e) => (LoaderSummary::default(), Some(e)),
     };
-    let status = match (&error, cancel.is_cancelled()) {
-        (Some(_), _) => Status::Failed,
-        (None, true) => Status::Cancelled,
-        (None, false) => Status::Completed,
-    };
+    let status = Status::of(error.as_ref(), cancel.is_cancelled());
     let report = LoaderReport {
         saln_version: env!("CARGO_PKG_VERSION"),
         mode: "loader-only",

@@ -1,6 +1,8 @@
-//! Reading an export back: the rows of every `*.parquet` file of an export folder.
+//! Reading an export back: the rows of every `*.parquet` file of an export folder. It
+//! lives with the sources because the `selection` source is its reader; the export stage
+//! re-exports it as `export::read`.
 //!
-//! Used by the `selection` source ([`crate::source::selection`]) and by tests; other tools
+//! Used by the `selection` source ([`super::selection`]) and by tests; other tools
 //! (pandas, polars, DuckDB) read the same files directly, see `docs/parquet-schema.md`.
 //! Every column is checked against the documented type, so a file of another layout is an
 //! error naming the file and the column, never a silent misreading.
