@@ -66,8 +66,8 @@ use crate::augment::AugmentOp;
 use crate::batch::LoaderSummary;
 use crate::config::PipelineConfig;
 use crate::error::{Error, Result};
-use crate::export::{ExportConfig, ExportItem, ExportStage, ExportSummary, Exporter};
-use crate::pipeline::{Cancel, Curation, CurationHandle, Msg, RunInfo};
+use crate::export::{ExportConfig, ExportItem, ExportStage, ExportSummary};
+use crate::pipeline::{export_stage, Cancel, CurationHandle, Launch, Msg, RunInfo};
 use crate::select::feedback::LossTable;
 use crate::select::outcome::{SelectionStats, SubBatch};
 use crate::select::Policy;
@@ -261,43 +261,26 @@ impl LoaderBuilder {
     pub fn build(self) -> Result<Loader> {
         let cfg = self.cfg;
         let cancel = Cancel::default();
-        let curation = match self.source {
-            Some(src) => {
-                let classes = src.num_classes();
-                let data = Arc::new(DataSet {
-                    train: src,
-                    test: Arc::new(MemorySource::new("<none>", Vec::new(), classes)),
-                });
-                if let Some(e) = &cfg.export {
-                    crate::pipeline::check_config(&cfg, true)?;
-                    crate::export::prepare(e)?;
-                }
-                Curation::start_with(&cfg, data, cancel.clone())?
-            }
-            None => {
-                if let Some(e) = &cfg.export {
-                    crate::pipeline::check_config(&cfg, false)?;
-                    crate::export::prepare(e)?;
-                }
-                Curation::start(&cfg, cancel.clone())?
-            }
-        };
-        let (rx, handle) = curation.into_parts();
+        let mut launch = Launch::new(&cfg).prepare_export();
+        if let Some(src) = self.source {
+            let classes = src.num_classes();
+            launch = launch.data(Arc::new(DataSet {
+                train: src,
+                test: Arc::new(MemorySource::new("<none>", Vec::new(), classes)),
+            }));
+        }
+        let (rx, handle) = launch.start(cancel.clone())?.into_parts();
         let export = match &cfg.export {
             None => None,
-            Some(e) => {
-                let started = Exporter::new(e, &cfg.provenance(), handle.info.data.train.clone())
-                    .and_then(|x| ExportStage::spawn(x, e.channel, &cancel));
-                match started {
-                    Ok(s) => Some(s),
-                    Err(err) => {
-                        cancel.cancel();
-                        drop(rx);
-                        let _ = handle.finish();
-                        return Err(err);
-                    }
+            Some(_) => match export_stage(&cfg, &handle.info, &cancel) {
+                Ok(s) => Some(s),
+                Err(err) => {
+                    cancel.cancel();
+                    drop(rx);
+                    let _ = handle.finish();
+                    return Err(err);
                 }
-            }
+            },
         };
         Ok(Loader {
             info: handle.info.clone(),

@@ -10,9 +10,9 @@ use std::time::Instant;
 use crate::config::PipelineConfig;
 use crate::error::{Error, Result};
 use crate::export::{ExportItem, Exporter};
-use crate::report::{DataReport, Report};
+use crate::report::Report;
 
-use super::{check_config, Cancel, Curation, Event, Msg, Observer, StageStats};
+use super::{curation_report, write_report, Cancel, Event, Launch, Msg, Observer, StageStats};
 
 /// Runs a curation-only pipeline: every epoch's selection is written to `cfg.export.dir`
 /// and the report (no epochs, `export` filled in) to `cfg.report.path`.
@@ -28,9 +28,10 @@ pub fn curate(cfg: &PipelineConfig, cancel: Cancel, observer: Option<Observer>) 
             "curation writes Parquet: add an `export:` section with `dir:`",
         ));
     };
-    check_config(cfg, false)?;
-    crate::export::prepare(export)?;
-    let (mut rx, handle) = Curation::start(cfg, cancel.clone())?.into_parts();
+    let (mut rx, handle) = Launch::new(cfg)
+        .prepare_export()
+        .start(cancel.clone())?
+        .into_parts();
     let info = handle.info.clone();
     let observer: Observer = observer.unwrap_or_else(|| Arc::new(|_: &Event| {}));
     observer(&Event::Started {
@@ -88,16 +89,8 @@ pub fn curate(cfg: &PipelineConfig, cancel: Cancel, observer: Option<Observer>) 
         // The export's failure is the root cause; upstream only saw a closed channel.
         error = Some(e.in_stage("export"));
     }
-    let mut report = Report::new(cfg, crate::device::name(info.device));
-    report.data = DataReport::new(&info.split, 0, (0, Vec::new()), summary.loader);
-    report.stages = stats.iter().map(|s| s.snapshot()).collect();
-    report.selection = summary.selection;
-    report.wall_seconds = start.elapsed().as_secs_f64();
-    let mut report = report.ended(error.as_ref(), cancel.is_cancelled());
+    let mut report = curation_report(cfg, &info, summary, &stats, start)
+        .ended(error.as_ref(), cancel.is_cancelled());
     report.export = Some(exported);
-    report.write(&cfg.report.path)?;
-    match error {
-        Some(e) => Err(e),
-        None => Ok(report),
-    }
+    write_report(report, error, &cfg.report.path)
 }

@@ -16,6 +16,7 @@
 //! others see a closed channel or the flag and stop. A panic inside a stage is caught and
 //! becomes [`Error::Panic`]. The report is written in every case: completed, cancelled or
 //! failed.
+use std::path::Path;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::thread::JoinHandle;
@@ -116,32 +117,39 @@ impl Curation {
     /// Validates `cfg`, opens the data, loads the reference model (when the policy needs
     /// it) and starts the loader and extract stages.
     pub fn start(cfg: &PipelineConfig, cancel: Cancel) -> Result<Curation> {
-        check_config(cfg, false)?;
-        let data = Arc::new(source::open(&cfg.source)?);
-        Self::start_with(cfg, data, cancel)
+        Launch::new(cfg).start(cancel)
     }
 
     /// As [`Curation::start`], on a data set opened by the caller (for example a
-    /// [`crate::source::MemorySource`]); `cfg.source` then only gives the split
-    /// (`holdout`, `limit`) and the bad-sample policy, and needs no format block.
+    /// `source::MemorySource`); `cfg.source` then only gives the split (`holdout`, `limit`)
+    /// and the bad-sample policy, and needs no format block.
     pub fn start_with(
         cfg: &PipelineConfig,
         data: Arc<DataSet>,
         cancel: Cancel,
     ) -> Result<Curation> {
-        Self::start_with_learner(cfg, data, cancel, None)
+        Launch::new(cfg).data(data).start(cancel)
     }
 
     /// Like [`Curation::start_with`], for a run whose trainer publishes its weights on
     /// `board`: the learner-aware policies (`loss`, `rho-loss`, `jest`) need it, and fail
-    /// with a configuration error without one ([`crate::select::learner`]).
+    /// with a configuration error without one (`select::learner`).
     pub fn start_with_learner(
         cfg: &PipelineConfig,
         data: Arc<DataSet>,
         cancel: Cancel,
         board: Option<Arc<SnapshotBoard>>,
     ) -> Result<Curation> {
-        check_config(cfg, true)?;
+        Launch::new(cfg).data(data).learner(board).start(cancel)
+    }
+
+    /// Starts the loader and extract stages on `data`; the configuration was checked.
+    fn start_stages(
+        cfg: &PipelineConfig,
+        data: Arc<DataSet>,
+        cancel: Cancel,
+        board: Option<Arc<SnapshotBoard>>,
+    ) -> Result<Curation> {
         set_torch_threads(cfg.torch_threads);
         let device = cfg.device();
         let record = crate::export::record_mode(cfg.export.as_ref());
@@ -251,6 +259,66 @@ pub struct CurationHandle {
     extract: JoinHandle<Result<SelectionStats>>,
 }
 
+/// The start every run mode shares (`run`, `curate`, the loader API; `Curation::start*`),
+/// in this order: check the configuration and the machine (once), ready the export folder
+/// when there is an export (and the launch asks for it), open the data set unless the
+/// caller gave one, start the loader and extract stages.
+///
+/// What differs between run modes is what consumes the curated stream afterwards: the
+/// train stage (`run`), the exporter on the calling thread (`curate`), the caller's
+/// training loop (`loader`).
+pub struct Launch<'a> {
+    cfg: &'a PipelineConfig,
+    data: Option<Arc<DataSet>>,
+    board: Option<Arc<SnapshotBoard>>,
+    prepare_export: bool,
+}
+
+impl<'a> Launch<'a> {
+    /// A launch of `cfg` that opens `cfg.source` and leaves the export folder alone.
+    pub fn new(cfg: &'a PipelineConfig) -> Self {
+        Launch {
+            cfg,
+            data: None,
+            board: None,
+            prepare_export: false,
+        }
+    }
+
+    /// Runs on `data`, opened by the caller (`cfg.source` needs no format block).
+    pub fn data(mut self, data: Arc<DataSet>) -> Self {
+        self.data = Some(data);
+        self
+    }
+
+    /// The board the trainer publishes its weights on (learner-aware policies need one).
+    pub fn learner(mut self, board: Option<Arc<SnapshotBoard>>) -> Self {
+        self.board = board;
+        self
+    }
+
+    /// Readies `cfg.export.dir` before anything starts (see `export::prepare`): a run that
+    /// writes an export refuses a folder holding another one before it loads any data.
+    pub fn prepare_export(mut self) -> Self {
+        self.prepare_export = true;
+        self
+    }
+
+    /// Checks, prepares, opens and starts (see the type's doc).
+    pub fn start(self, cancel: Cancel) -> Result<Curation> {
+        let cfg = self.cfg;
+        check_config(cfg, self.data.is_some())?;
+        if let (true, Some(e)) = (self.prepare_export, &cfg.export) {
+            crate::export::prepare(e)?;
+        }
+        let data = match self.data {
+            Some(d) => d,
+            None => Arc::new(source::open(&cfg.source)?),
+        };
+        Curation::start_stages(cfg, data, cancel, self.board)
+    }
+}
+
 /// Validates `cfg` and the machine it needs; with `data_given` the data set comes from the
 /// caller, so a missing `source` format block is not a problem.
 pub(crate) fn check_config(cfg: &PipelineConfig, data_given: bool) -> Result<()> {
@@ -292,9 +360,7 @@ impl CurationHandle {
 /// Returns `Err` when a stage failed (the report, with `status: failed`, is written first);
 /// a cancelled run returns `Ok` with `status: cancelled` and the epochs that completed.
 pub fn run(cfg: &PipelineConfig, cancel: Cancel, observer: Option<Observer>) -> Result<Report> {
-    check_config(cfg, false)?;
-    let data = Arc::new(source::open(&cfg.source)?);
-    run_with(cfg, data, cancel, observer)
+    train_run(cfg, None, cancel, observer)
 }
 
 /// Like [`run`], on a data set the caller opened or built.
@@ -304,58 +370,36 @@ pub fn run_with(
     cancel: Cancel,
     observer: Option<Observer>,
 ) -> Result<Report> {
+    train_run(cfg, Some(data), cancel, observer)
+}
+
+/// `run`: launch the curation, build the trainer and the export tee, run the train stage
+/// until the stream ends, then join everything and write the report.
+fn train_run(
+    cfg: &PipelineConfig,
+    data: Option<Arc<DataSet>>,
+    cancel: Cancel,
+    observer: Option<Observer>,
+) -> Result<Report> {
     let start = Instant::now();
-    if let Some(e) = &cfg.export {
-        crate::export::prepare(e)?;
-    }
     let board = cfg
         .selection
         .policy
         .needs_learner()
         .then(SnapshotBoard::new);
-    let curation = Curation::start_with_learner(cfg, data, cancel.clone(), board.clone())?;
-    let (sub_rx, handle) = curation.into_parts();
+    let mut launch = Launch::new(cfg).learner(board.clone()).prepare_export();
+    if let Some(d) = data {
+        launch = launch.data(d);
+    }
+    let (sub_rx, handle) = launch.start(cancel.clone())?.into_parts();
     let info = handle.info.clone();
-    let test = eval_set(
-        info.data.test.as_ref(),
-        &info.augmenter,
-        cfg.source.test_limit,
-        cfg.source.on_error,
-        info.device,
-    );
-    // One optimizer step per super-batch of this rank's share.
-    let total_steps = (info.superbatches_per_epoch * cfg.trainer.epochs) as u64;
-    let export = |sub_rx: tokio::sync::mpsc::Receiver<Msg<SubBatch>>| -> Result<_> {
-        let Some(e) = &cfg.export else {
-            return Ok((sub_rx, None));
-        };
-        let exporter = Exporter::new(e, &cfg.provenance(), info.data.train.clone())?;
-        let mut stage = ExportStage::spawn(exporter, e.channel, &cancel)?;
-        let rx = stage.tee(sub_rx, cfg.channels.extract_to_train, &cancel)?;
-        Ok((rx, Some(stage)))
-    };
-    let mut test_skipped = (0, Vec::new());
-    let trainer = test.and_then(|test| {
-        test_skipped = (test.skipped, test.first_skipped);
-        Trainer::new(
-            &cfg.trainer,
-            info.shape,
-            info.classes,
-            cfg.seed,
-            info.device,
-            (test.x, test.y),
-            total_steps,
-        )
+    // What can fail before the train stage starts stops the curation again.
+    let ready = build_trainer(cfg, &info, board).and_then(|(trainer, test_skipped)| {
+        let (rx, export) = attach_export(cfg, &info, sub_rx, &cancel)?;
+        Ok((trainer, test_skipped, rx, export))
     });
-    let trainer = trainer.and_then(|mut t| {
-        if let Some(board) = board {
-            t.publish_to(Publisher::new(board, cfg.selection.refresh_every))?;
-        }
-        Ok(t)
-    });
-    let started = trainer.and_then(|t| Ok((t, export(sub_rx)?)));
-    let (mut trainer, (sub_rx, export)) = match started {
-        Ok(t) => t,
+    let (mut trainer, test_skipped, sub_rx, export) = match ready {
+        Ok(r) => r,
         Err(e) => {
             cancel.cancel();
             let _ = handle.finish();
@@ -382,28 +426,8 @@ pub fn run_with(
             run_train(&mut trainer, sub_rx, &st, &c, start, &on_epoch)
         })?
     };
-
-    // Progress ticks until the last stage ends.
     let total_samples = (info.split.learner.len() * cfg.trainer.epochs) as u64;
-    let finished = Arc::new(AtomicBool::new(false));
-    let ticker = (cfg.report.progress_seconds > 0.0).then(|| {
-        let (finished, stats, obs) = (finished.clone(), stats.clone(), observer.clone());
-        let every = Duration::from_secs_f64(cfg.report.progress_seconds);
-        std::thread::spawn(move || {
-            let mut next = Instant::now() + every;
-            while !finished.load(Ordering::SeqCst) {
-                std::thread::sleep(Duration::from_millis(50));
-                if Instant::now() >= next {
-                    next += every;
-                    obs(&Event::Progress {
-                        elapsed: start.elapsed().as_secs_f64(),
-                        total_samples,
-                        stages: stats.iter().map(|s| s.snapshot()).collect(),
-                    });
-                }
-            }
-        })
-    });
+    let ticker = Ticker::start(cfg, stats.clone(), observer, start, total_samples);
 
     let trained = join(train, "train");
     let (summary, mut error) = handle.finish();
@@ -414,30 +438,155 @@ pub fn run_with(
             Default::default()
         })
     });
-    finished.store(true, Ordering::SeqCst);
-    if let Some(t) = ticker {
-        let _ = t.join();
-    }
-    let epochs = match trained {
-        Ok(e) => e,
-        Err(e) => {
-            // The trainer's own failure is the root cause; upstream only saw a closed channel.
-            error = Some(e);
-            Vec::new()
-        }
-    };
-    let mut report = Report::new(cfg, crate::device::name(info.device));
-    report.data = DataReport::new(&info.split, test_samples, test_skipped, summary.loader);
+    ticker.stop();
+    let epochs = trained.unwrap_or_else(|e| {
+        // The trainer's own failure is the root cause; upstream only saw a closed channel.
+        error = Some(e);
+        Vec::new()
+    });
+    let mut report = curation_report(cfg, &info, summary, &stats, start);
+    report.data.test_samples = test_samples;
+    (report.data.test_skipped, report.data.test_first_skipped) = test_skipped;
     report.epochs = epochs;
-    report.stages = stats.iter().map(|s| s.snapshot()).collect();
-    report.selection = summary.selection;
-    report.wall_seconds = start.elapsed().as_secs_f64();
     let mut report = report.ended(error.as_ref(), cancel.is_cancelled());
     report.overlap = Overlap::from_stages(&report.stages, streaming_seconds);
     report.export = exported;
-    report.write(&cfg.report.path)?;
+    write_report(report, error, &cfg.report.path)
+}
+
+/// The learner, with the test set prepared (and how many test samples were skipped, with
+/// the first few), publishing its weights on `board` when a learner-aware policy needs them.
+fn build_trainer(
+    cfg: &PipelineConfig,
+    info: &RunInfo,
+    board: Option<Arc<SnapshotBoard>>,
+) -> Result<(Trainer, (u64, Vec<String>))> {
+    let test = eval_set(
+        info.data.test.as_ref(),
+        &info.augmenter,
+        cfg.source.test_limit,
+        cfg.source.on_error,
+        info.device,
+    )?;
+    let skipped = (test.skipped, test.first_skipped);
+    // One optimizer step per super-batch of this rank's share.
+    let total_steps = (info.superbatches_per_epoch * cfg.trainer.epochs) as u64;
+    let mut trainer = Trainer::new(
+        &cfg.trainer,
+        info.shape,
+        info.classes,
+        cfg.seed,
+        info.device,
+        (test.x, test.y),
+        total_steps,
+    )?;
+    if let Some(board) = board {
+        trainer.publish_to(Publisher::new(board, cfg.selection.refresh_every))?;
+    }
+    Ok((trainer, skipped))
+}
+
+/// With an `export:` section, starts the export stage and tees the curated stream into it;
+/// returns the stream the consumer reads (unchanged without an export).
+fn attach_export(
+    cfg: &PipelineConfig,
+    info: &RunInfo,
+    stream: tokio::sync::mpsc::Receiver<Msg<SubBatch>>,
+    cancel: &Cancel,
+) -> Result<(
+    tokio::sync::mpsc::Receiver<Msg<SubBatch>>,
+    Option<ExportStage>,
+)> {
+    if cfg.export.is_none() {
+        return Ok((stream, None));
+    }
+    let mut stage = export_stage(cfg, info, cancel)?;
+    let rx = stage.tee(stream, cfg.channels.extract_to_train, cancel)?;
+    Ok((rx, Some(stage)))
+}
+
+/// The export stage of a run, started (its thread waits for sub-batches).
+pub(crate) fn export_stage(
+    cfg: &PipelineConfig,
+    info: &RunInfo,
+    cancel: &Cancel,
+) -> Result<ExportStage> {
+    let e = cfg
+        .export
+        .as_ref()
+        .ok_or_else(|| Error::config("export", "this run has no `export:` section"))?;
+    let exporter = Exporter::new(e, &cfg.provenance(), info.data.train.clone())?;
+    ExportStage::spawn(exporter, e.channel, cancel)
+}
+
+/// The report every run mode with a curation starts from: its data, stage and selection
+/// figures and its wall time; the caller adds what its consumer did, then calls
+/// [`Report::ended`].
+pub(crate) fn curation_report(
+    cfg: &PipelineConfig,
+    info: &RunInfo,
+    summary: CurationSummary,
+    stats: &[Arc<StageStats>],
+    start: Instant,
+) -> Report {
+    let mut report = Report::new(cfg, crate::device::name(info.device));
+    report.data = DataReport::new(&info.split, 0, (0, Vec::new()), summary.loader);
+    report.stages = stats.iter().map(|s| s.snapshot()).collect();
+    report.selection = summary.selection;
+    report.wall_seconds = start.elapsed().as_secs_f64();
+    report
+}
+
+/// Writes `report` to `path` (also after a failure) and returns it, or the run's error.
+pub(crate) fn write_report(report: Report, error: Option<Error>, path: &Path) -> Result<Report> {
+    report.write(path)?;
     match error {
         Some(e) => Err(e),
         None => Ok(report),
+    }
+}
+
+/// Sends [`Event::Progress`] every `report.progress_seconds` from its own thread until
+/// stopped (none when the setting is 0).
+struct Ticker {
+    finished: Arc<AtomicBool>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Ticker {
+    fn start(
+        cfg: &PipelineConfig,
+        stats: Vec<Arc<StageStats>>,
+        observer: Observer,
+        start: Instant,
+        total_samples: u64,
+    ) -> Ticker {
+        let finished = Arc::new(AtomicBool::new(false));
+        let thread = (cfg.report.progress_seconds > 0.0).then(|| {
+            let finished = finished.clone();
+            let every = Duration::from_secs_f64(cfg.report.progress_seconds);
+            std::thread::spawn(move || {
+                let mut next = Instant::now() + every;
+                while !finished.load(Ordering::SeqCst) {
+                    std::thread::sleep(Duration::from_millis(50));
+                    if Instant::now() >= next {
+                        next += every;
+                        observer(&Event::Progress {
+                            elapsed: start.elapsed().as_secs_f64(),
+                            total_samples,
+                            stages: stats.iter().map(|s| s.snapshot()).collect(),
+                        });
+                    }
+                }
+            })
+        });
+        Ticker { finished, thread }
+    }
+
+    fn stop(mut self) {
+        self.finished.store(true, Ordering::SeqCst);
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
     }
 }

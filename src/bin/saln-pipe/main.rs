@@ -305,122 +305,144 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
-        Command::Validate { config } => {
-            let cfg = match load(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            let issues = cfg.check_resources();
-            let mut data_err = None;
-            if let Err(e) = saln::source::open(&cfg.source) {
-                data_err = Some(e);
-            }
-            for i in &issues {
-                eprintln!("error: {}: {i}", config.display());
-            }
-            if let Some(e) = &data_err {
-                eprintln!("error: source: {e}");
-            }
-            if issues.is_empty() && data_err.is_none() {
-                println!("{}: ok", config.display());
-                ExitCode::SUCCESS
-            } else {
-                ExitCode::from(2)
-            }
-        }
-        Command::Pretrain { config, force } => {
-            let cfg = match load(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            if cfg.extractor.kind != saln::extract::backbone::ExtractorKind::Reference {
-                println!("extractor.kind is not `reference`: its model comes from its own file, nothing to pretrain");
-                return ExitCode::SUCCESS;
-            }
-            if cfg.extractor.weights.exists() && !force {
-                println!(
-                    "reference weights {} exist; keeping them (--force retrains)",
-                    cfg.extractor.weights.display()
-                );
-                return ExitCode::SUCCESS;
-            }
-            eprintln!(
-                "saln: pretraining the reference CNN on {} held-out samples",
-                cfg.source.holdout
-            );
-            let r = saln::pipeline::pretrain(&cfg, &mut |e, loss| {
-                eprintln!("pretrain epoch {:>2}  loss {loss:.4}", e + 1)
-            });
-            match r {
-                Ok(s) => {
-                    println!(
-                        "reference model: {} samples, {} epochs, test accuracy {:.2}%, {:.1}s -> {}",
-                        s.samples,
-                        s.epochs,
-                        100.0 * s.test_accuracy,
-                        s.seconds,
-                        s.weights.display()
-                    );
-                    ExitCode::SUCCESS
-                }
-                Err(e) => {
-                    eprintln!("error: {e}");
-                    ExitCode::from(1)
-                }
-            }
-        }
+        Command::Validate { config } => validate(&config),
+        Command::Pretrain { config, force } => pretrain(&config, force),
         Command::Run {
             config,
             seed,
             report,
-        } => {
-            let mut cfg = match load(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            if let Some(s) = seed {
-                cfg.seed = s;
-            }
-            if let Some(r) = report {
-                cfg.report.path = r;
-            }
-            if cfg.loader_only.is_some() {
-                return run_loader_only(&cfg);
-            }
-            block_on(run(cfg, pipeline::run))
-        }
+        } => run_command(&config, seed, report),
         Command::Curate {
             config,
             out,
             overwrite,
             report,
-        } => {
-            let mut cfg = match load(&config) {
-                Ok(c) => c,
-                Err(code) => return code,
-            };
-            if let Some(dir) = out {
-                match &mut cfg.export {
-                    Some(e) => e.dir = dir,
-                    None => cfg.export = Some(saln::config::ExportConfig::new(dir)),
-                }
-            }
-            if let (true, Some(e)) = (overwrite, &mut cfg.export) {
-                e.overwrite = true;
-            }
-            if let Some(r) = report {
-                cfg.report.path = r;
-            }
-            if cfg.export.is_none() {
-                eprintln!(
-                    "error: {}: curate writes Parquet: add an `export:` section with `dir:` or pass --out DIR",
-                    config.display()
-                );
-                return ExitCode::from(2);
-            }
-            block_on(run(cfg, pipeline::curate))
+        } => curate(&config, out, overwrite, report),
+    }
+}
+
+/// `saln-pipe validate FILE`: every problem of a pipeline file and of what it needs.
+fn validate(config: &std::path::Path) -> ExitCode {
+    let cfg = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    let issues = cfg.check_resources();
+    let mut data_err = None;
+    if let Err(e) = saln::source::open(&cfg.source) {
+        data_err = Some(e);
+    }
+    for i in &issues {
+        eprintln!("error: {}: {i}", config.display());
+    }
+    if let Some(e) = &data_err {
+        eprintln!("error: source: {e}");
+    }
+    if issues.is_empty() && data_err.is_none() {
+        println!("{}: ok", config.display());
+        ExitCode::SUCCESS
+    } else {
+        ExitCode::from(2)
+    }
+}
+
+/// `saln-pipe pretrain FILE [--force]`.
+fn pretrain(config: &std::path::Path, force: bool) -> ExitCode {
+    let cfg = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if cfg.extractor.kind != saln::extract::backbone::ExtractorKind::Reference {
+        println!("extractor.kind is not `reference`: its model comes from its own file, nothing to pretrain");
+        return ExitCode::SUCCESS;
+    }
+    if cfg.extractor.weights.exists() && !force {
+        println!(
+            "reference weights {} exist; keeping them (--force retrains)",
+            cfg.extractor.weights.display()
+        );
+        return ExitCode::SUCCESS;
+    }
+    eprintln!(
+        "saln: pretraining the reference CNN on {} held-out samples",
+        cfg.source.holdout
+    );
+    let r = saln::pipeline::pretrain(&cfg, &mut |e, loss| {
+        eprintln!("pretrain epoch {:>2}  loss {loss:.4}", e + 1)
+    });
+    match r {
+        Ok(s) => {
+            println!(
+                "reference model: {} samples, {} epochs, test accuracy {:.2}%, {:.1}s -> {}",
+                s.samples,
+                s.epochs,
+                100.0 * s.test_accuracy,
+                s.seconds,
+                s.weights.display()
+            );
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("error: {e}");
+            ExitCode::from(1)
         }
     }
+}
+
+/// `saln-pipe run FILE [--seed N] [--report PATH]`: the whole pipeline, or the loader alone
+/// when the file has a `loader_only:` block.
+fn run_command(
+    config: &std::path::Path,
+    seed: Option<u64>,
+    report: Option<std::path::PathBuf>,
+) -> ExitCode {
+    let mut cfg = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Some(s) = seed {
+        cfg.seed = s;
+    }
+    if let Some(r) = report {
+        cfg.report.path = r;
+    }
+    if cfg.loader_only.is_some() {
+        return run_loader_only(&cfg);
+    }
+    block_on(run(cfg, pipeline::run))
+}
+
+/// `saln-pipe curate FILE [--out DIR] [--overwrite] [--report PATH]`.
+fn curate(
+    config: &std::path::Path,
+    out: Option<std::path::PathBuf>,
+    overwrite: bool,
+    report: Option<std::path::PathBuf>,
+) -> ExitCode {
+    let mut cfg = match load(config) {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    if let Some(dir) = out {
+        match &mut cfg.export {
+            Some(e) => e.dir = dir,
+            None => cfg.export = Some(saln::config::ExportConfig::new(dir)),
+        }
+    }
+    if let (true, Some(e)) = (overwrite, &mut cfg.export) {
+        e.overwrite = true;
+    }
+    if let Some(r) = report {
+        cfg.report.path = r;
+    }
+    if cfg.export.is_none() {
+        eprintln!(
+            "error: {}: curate writes Parquet: add an `export:` section with `dir:` or pass --out DIR",
+            config.display()
+        );
+        return ExitCode::from(2);
+    }
+    block_on(run(cfg, pipeline::curate))
 }
 
 fn block_on(job: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
