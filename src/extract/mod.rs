@@ -24,7 +24,7 @@ use tch::{nn, Device, Kind, Tensor};
 use crate::batch::SuperBatch;
 use crate::error::{Error, Result};
 use crate::model::{Cnn, CnnArch};
-use crate::select::learner::LearnerScorer;
+use crate::select::learner::{LearnerScorer, ReferenceLogits};
 use crate::select::outcome::Acc;
 pub use crate::select::outcome::{RecordMode, SelectionRecord, SelectionStats, SubBatch};
 use crate::select::Selector;
@@ -209,7 +209,7 @@ fn curate(
                     "the policy needs the reference model's losses, but none is loaded",
                 )),
             };
-            let reference: Option<&dyn Fn(&Tensor) -> Result<Tensor>> =
+            let reference: Option<ReferenceLogits<'_>> =
                 (extractor.is_some() && policy.needs_reference()).then_some(&reference_logits);
             let scored = scorer
                 .losses(&images, &labels, sent, reference, cancel)

@@ -50,6 +50,10 @@ use crate::error::{Error, Result};
 use crate::model::{Cnn, CnnArch};
 use crate::stage::Cancel;
 
+/// The reference model's logits of a micro-batch `[m, C, H, W]` -> `[m, K]` (the extract
+/// stage's reference CNN), for `rho-loss` and `jest`.
+pub type ReferenceLogits<'a> = &'a dyn Fn(&Tensor) -> Result<Tensor>;
+
 /// The optimizer step whose snapshot scores the `j`-th sub-batch (0-based):
 /// `every * floor(max(0, j - lag) / every)`.
 ///
@@ -361,7 +365,7 @@ impl LearnerScorer {
         images: &Tensor,
         labels: &Tensor,
         j: u64,
-        reference: Option<&dyn Fn(&Tensor) -> Result<Tensor>>,
+        reference: Option<ReferenceLogits<'_>>,
         cancel: &Cancel,
     ) -> Result<Option<Scored>> {
         let step = snapshot_step(j, self.every, self.lag);
