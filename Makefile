@@ -44,10 +44,11 @@ bench-loader: setup
 test: setup fixtures
 	$(CARGO) test --release --locked --all-targets
 	$(CARGO) test --release --locked --doc
+	$(CARGO) test --release --locked -p saln-build
 
 lint: setup
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --release --locked --all-targets -- -D warnings
+	$(CARGO) clippy --release --locked -p saln -p saln-build --all-targets -- -D warnings
 
 # Test models for the extractor tests (TorchScript, torchvision ResNets with random weights and
 # their Python-computed outputs), made once by fixtures/make_models.py; remade only when the
