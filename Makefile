@@ -41,13 +41,17 @@ bench-loader: setup
 	scripts/bench-loader.sh
 	scripts/mem-loader.sh
 
+# The last step builds and runs examples/embed, the template crate for using saln from your
+# own crate (docs/embedding.md), with no LD_LIBRARY_PATH (scripts/check-embed.sh).
 test: setup fixtures
 	$(CARGO) test --release --locked --all-targets
 	$(CARGO) test --release --locked --doc
+	$(CARGO) test --release --locked -p saln-build
+	CARGO_TARGET_DIR="$(CURDIR)/target" CARGO="$(CARGO)" scripts/check-embed.sh
 
 lint: setup
 	$(CARGO) fmt --all -- --check
-	$(CARGO) clippy --release --locked --all-targets -- -D warnings
+	$(CARGO) clippy --release --locked -p saln -p saln-build --all-targets -- -D warnings
 
 # Test models for the extractor tests (TorchScript, torchvision ResNets with random weights and
 # their Python-computed outputs), made once by fixtures/make_models.py; remade only when the

@@ -2,22 +2,17 @@
 //! LD_LIBRARY_PATH, and links libtorch_cuda with `--no-as-needed` where it exists, so that a
 //! CUDA build of libtorch really reports CUDA on a GPU machine (without it the linker drops
 //! the library, no CUDA kernels get registered and `Cuda::is_available()` is false).
-use std::path::PathBuf;
-
+//!
+//! Link arguments reach only this package's own targets, so the folder is also exported
+//! (`links = "saln"`): crates that depend on saln call `saln_build::link_libtorch()` in their
+//! build.rs to get the same arguments (docs/embedding.md).
 fn main() {
     println!("cargo:rerun-if-changed=build.rs");
     // Set by torch-sys (links = "tch") for its direct dependents.
-    let Ok(lib) = std::env::var("DEP_TCH_LIBTORCH_LIB") else {
-        println!("cargo:warning=DEP_TCH_LIBTORCH_LIB not set: binaries get no rpath to libtorch");
+    let Some(lib) = saln_build::link_libtorch_from_env("DEP_TCH_LIBTORCH_LIB") else {
         return;
     };
-    let lib = PathBuf::from(lib);
-    println!("cargo:rustc-link-arg=-Wl,-rpath,{}", lib.display());
-    if lib.join("libtorch_cuda.so").exists() {
-        println!("cargo:rustc-link-arg=-Wl,--no-as-needed");
-        println!("cargo:rustc-link-arg=-L{}", lib.display());
-        println!("cargo:rustc-link-arg=-ltorch_cuda");
-        println!("cargo:rustc-link-arg=-Wl,--as-needed");
-    }
+    // DEP_SALN_LIBTORCH_LIB for the build scripts of saln's direct dependents.
+    println!("cargo:libtorch_lib={}", lib.display());
     println!("cargo:rustc-env=SALN_LIBTORCH_LIB={}", lib.display());
 }

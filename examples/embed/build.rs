@@ -1,0 +1,3 @@
+fn main() {
+    saln_build::link_libtorch();
+}
