@@ -12,7 +12,7 @@ CARGO ?= cargo
 PIPELINE ?= pipelines/fashion-mnist.yaml
 BIN := target/release/saln-pipe
 
-.PHONY: all setup build demo test bench bench-loader lint fixtures eval
+.PHONY: all setup build demo test bench bench-loader lint fixtures eval gpu-prepare
 
 all: build
 
@@ -40,6 +40,11 @@ bench: build
 bench-loader: setup
 	scripts/bench-loader.sh
 	scripts/mem-loader.sh
+
+# What the GPU check needs, gathered into .gpu/ (docs/gpu.md): carry it to a CUDA machine and
+# run .gpu/gpu-check.sh run there. (`make test` runs the check's dry run, on cpu.)
+gpu-prepare: setup fixtures
+	scripts/gpu-check.sh prepare
 
 # The last step builds and runs examples/embed, the template crate for using saln from your
 # own crate (docs/embedding.md), with no LD_LIBRARY_PATH (scripts/check-embed.sh).

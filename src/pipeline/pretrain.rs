@@ -56,6 +56,8 @@ pub fn pretrain(
              this extractor's model comes from its own file",
         ));
     }
+    // A CUDA device that is not there is a configuration error, not a libtorch panic.
+    crate::device::check(cfg.device()).map_err(|e| Error::config("device", e))?;
     crate::stage::set_torch_threads(cfg.torch_threads);
     let data = source::open(&cfg.source)?;
     let split = cfg.split(data.train.len())?;

@@ -8,8 +8,8 @@ use saln::select::{LaplacianKind, WeightMapping};
 #[derive(Args, Debug)]
 pub struct SelectionArgs {
     /// Where the features live and the solvers run: cpu, cuda, cuda:N, auto.
-    #[arg(long, default_value = "cpu")]
-    device: String,
+    #[arg(long, default_value = "cpu", value_parser = usable_device)]
+    device: tch::Device,
     /// Timed runs per cell; the median is printed.
     #[arg(long, default_value_t = 3)]
     repeats: usize,
@@ -46,6 +46,13 @@ pub struct SelectionArgs {
     seed: u64,
 }
 
+/// A device name that parses and exists here (else clap reports it: exit code 2).
+fn usable_device(name: &str) -> Result<tch::Device, String> {
+    let device = saln::device::parse(name)?;
+    saln::device::check(device)?;
+    Ok(device)
+}
+
 fn weights(name: &str) -> anyhow::Result<WeightMapping> {
     Ok(match name {
         "clip" => WeightMapping::Clip,
@@ -57,8 +64,7 @@ fn weights(name: &str) -> anyhow::Result<WeightMapping> {
 
 /// Runs the selection benchmark and prints its table.
 pub fn selection(a: &SelectionArgs) -> anyhow::Result<()> {
-    let device = saln::device::parse(&a.device).map_err(anyhow::Error::msg)?;
-    saln::device::check(device).map_err(anyhow::Error::msg)?;
+    let device = a.device;
     if a.threads > 0 {
         tch::set_num_threads(a.threads as i32);
     }

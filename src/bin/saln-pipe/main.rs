@@ -382,10 +382,7 @@ fn pretrain(config: &std::path::Path, force: bool) -> ExitCode {
             );
             ExitCode::SUCCESS
         }
-        Err(e) => {
-            eprintln!("error: {e}");
-            ExitCode::from(1)
-        }
+        Err(e) => fail(&e),
     }
 }
 
