@@ -9,6 +9,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
 use pyo3::prelude::*;
+use pyo3::sync::GILOnceCell;
 use saln::loader::{Batch, Item, Loader, LoaderReport};
 use saln::pipeline::StageStats;
 use saln::select::feedback::LossTable;
@@ -64,13 +65,8 @@ pub struct PyBatch {
     /// `[n]` int64 on the loader's device.
     #[pyo3(get)]
     labels: PyObject,
-    /// `[n]` int64 on the CPU: the samples' stable ids.
-    #[pyo3(get)]
-    ids: PyObject,
-    /// `[n]` float32 on the CPU: the selector's scores (the Fiedler value for `saln`, 0
-    /// for policies without a score).
-    #[pyo3(get)]
-    scores: PyObject,
+    ids: GILOnceCell<PyObject>,
+    scores: GILOnceCell<PyObject>,
     /// Address of the image data as saln produced it (tests check it is the tensor's).
     #[pyo3(get)]
     _images_data_ptr: usize,
@@ -82,7 +78,6 @@ impl PyBatch {
     fn new(py: Python<'_>, mut b: Batch) -> PyResult<PyBatch> {
         let images = std::mem::replace(&mut b.images, Tensor::new());
         let labels = std::mem::replace(&mut b.labels, Tensor::new());
-        let ids: Vec<i64> = b.ids.iter().map(|&i| i as i64).collect();
         let n = b.len();
         let ptr = images.data_ptr() as usize;
         Ok(PyBatch {
@@ -92,8 +87,8 @@ impl PyBatch {
             superbatch_size: b.superbatch_len,
             images: tensor_to_py(py, images)?,
             labels: tensor_to_py(py, labels)?,
-            ids: tensor_to_py(py, Tensor::from_slice(&ids))?,
-            scores: tensor_to_py(py, Tensor::from_slice(&b.scores))?,
+            ids: GILOnceCell::new(),
+            scores: GILOnceCell::new(),
             _images_data_ptr: ptr,
             n,
             inner: Mutex::new(b),
@@ -103,6 +98,29 @@ impl PyBatch {
 
 #[pymethods]
 impl PyBatch {
+    /// `[n]` int64 on the CPU: the samples' stable ids (made on first use).
+    #[getter]
+    fn ids(&self, py: Python<'_>) -> PyResult<PyObject> {
+        self.ids
+            .get_or_try_init(py, || {
+                let ids: Vec<i64> = lock(&self.inner).ids.iter().map(|&i| i as i64).collect();
+                tensor_to_py(py, Tensor::from_slice(&ids))
+            })
+            .map(|t| t.clone_ref(py))
+    }
+
+    /// `[n]` float32 on the CPU: the selector's scores (the Fiedler value for `saln`, 0
+    /// for policies without a score; made on first use).
+    #[getter]
+    fn scores(&self, py: Python<'_>) -> PyResult<PyObject> {
+        self.scores
+            .get_or_try_init(py, || {
+                let scores = Tensor::from_slice(&lock(&self.inner).scores);
+                tensor_to_py(py, scores)
+            })
+            .map(|t| t.clone_ref(py))
+    }
+
     /// Hands the per-sample losses of this batch back to saln: `losses` is `[n]` (any float
     /// dtype, any device, gradients ignored) in the order of `ids`. Raises `SalnError` when
     /// the count differs or a loss is not finite (naming the sample); nothing is stored then.
@@ -267,8 +285,10 @@ fn report_to_py(py: Python<'_>, r: &LoaderReport) -> PyResult<PyObject> {
 }
 
 /// The Rust side of the loader benchmark: iterates a loader over the configuration in
-/// Rust, dropping each batch, and returns `(batches, images, seconds)` from the start of
-/// construction to the end of the last epoch.
+/// Rust, dropping each batch, and returns `(batches, images, seconds, build_seconds)`:
+/// seconds from the start of construction to the end of the last epoch, of which
+/// `build_seconds` to construct the loader (open the data, load the model, start the
+/// stages).
 #[pyfunction]
 #[pyo3(signature = (path=None, yaml=None, overrides=None))]
 pub fn bench_rust_loader(
@@ -276,13 +296,14 @@ pub fn bench_rust_loader(
     path: Option<String>,
     yaml: Option<String>,
     overrides: Option<String>,
-) -> PyResult<(u64, u64, f64)> {
+) -> PyResult<(u64, u64, f64, f64)> {
     let src = ConfigSource::new(path, yaml, overrides.as_deref()).map_err(to_py)?;
     let (text, _) = src.text().map_err(to_py)?;
     py.allow_threads(|| {
         let cfg = src.resolve()?;
         let t = Instant::now();
         let mut loader = Loader::from_config(&cfg)?;
+        let built = t.elapsed().as_secs_f64();
         let (mut batches, mut images) = (0u64, 0u64);
         for item in &mut loader {
             if let Item::Batch(b) = item? {
@@ -291,7 +312,7 @@ pub fn bench_rust_loader(
             }
         }
         loader.finish()?;
-        Ok((batches, images, t.elapsed().as_secs_f64()))
+        Ok((batches, images, t.elapsed().as_secs_f64(), built))
     })
     .map_err(|e| to_py_with(e, &text))
 }
