@@ -20,6 +20,7 @@ from __future__ import annotations
 import argparse
 import gzip
 import io
+import os
 import pathlib
 import sys
 import time
@@ -90,7 +91,9 @@ def curate_table(
     **curator: object,
 ) -> pa.Table:
     """Curates ``table`` (a file or a folder of them) on the running Ray cluster and writes
-    the kept rows to ``out``; returns them. ``blocks`` splits the table into that many
+    the kept rows to ``out``; returns them. ``concurrency`` actors of ``num_cpus`` CPUs each
+    select; leave CPUs for Ray's read and write tasks (actors holding every CPU of the
+    cluster wait forever for the read). ``blocks`` splits the table into that many
     blocks of equal rows (Ray reads a small table as one block, which one actor would do
     alone); keep each block a whole number of super-batches. ``curator`` goes to
     ``saln.ray.Curator`` (``num_classes``, ...)."""
@@ -124,6 +127,7 @@ def main() -> int:
     ap.add_argument("--out", type=pathlib.Path, default=ROOT / "target" / "saln" / "ray-curated")
     ap.add_argument("--batch-size", type=int, default=256, help="super-batch size B")
     ap.add_argument("--actors", type=int, default=2)
+    ap.add_argument("--cpus", type=int, default=max(2, os.cpu_count() or 2), help="CPUs for Ray")
     args = ap.parse_args()
 
     import ray
@@ -141,9 +145,15 @@ def main() -> int:
         config = ROOT / "target" / "saln" / "ray-curate.yaml"
         config.write_text(DEMO_CONFIG)
         extra["num_classes"] = 10
-    ray.init(num_cpus=max(2, args.actors), include_dashboard=False)
+    ray.init(num_cpus=args.cpus, include_dashboard=False)
+    # One CPU stays free for reading and writing.
+    per_actor = min(1.0, (args.cpus - 1) / args.actors)
+    blocks = -(-pq.read_metadata(str(table)).num_rows // args.batch_size) if args.table is None else None
     t = time.time()
-    kept = curate_table(table, config, args.out, batch_size=args.batch_size, concurrency=args.actors, **extra)
+    kept = curate_table(
+        table, config, args.out, batch_size=args.batch_size, concurrency=args.actors,
+        num_cpus=per_actor, blocks=blocks, **extra,
+    )
     rows = pq.read_metadata(str(table)).num_rows
     print(
         f"kept {kept.num_rows} of {rows} rows ({kept.num_rows / rows:.1%}) in {time.time() - t:.1f}s "
