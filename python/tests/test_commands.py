@@ -136,3 +136,35 @@ def test_run_trains_and_returns_the_report(fmnist, tmp_path):
         saln_yaml(fmnist, limit=1024, report=tmp_path / "lo.json"), loader_only={"epochs": 1}
     )
     assert loader_only["mode"] == "loader-only" and loader_only["images"] == 1024
+
+
+def test_ctrl_c_stops_a_curation_like_saln_pipe_and_raises_keyboard_interrupt(fmnist, tmp_path):
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    # 60 million samples: minutes of work even at the loader's full speed
+    yaml = saln_yaml(fmnist, limit=60000, epochs=1000, report=tmp_path / "r.json")
+    code = (
+        "import sys, saln\n"
+        "print('start', flush=True)\n"
+        "try:\n"
+        f"    r = saln.curate({yaml!r}, out={str(tmp_path / 'out')!r})\n"
+        "    print('returned', r['status'], r['wall_seconds'], flush=True)\n"
+        "except KeyboardInterrupt:\n"
+        "    print('interrupted', flush=True)\n"
+        "    sys.exit(130)\n"
+    )
+    p = subprocess.Popen([sys.executable, "-c", code], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    assert p.stdout.readline().strip() == "start"
+    time.sleep(3.0)  # loading the data, then curating
+    t = time.monotonic()
+    p.send_signal(signal.SIGINT)
+    out, err = p.communicate(timeout=60)
+    assert p.returncode == 130, (out, err)
+    assert "interrupted" in out
+    assert time.monotonic() - t < 20
+    report = read_report(tmp_path / "r.json")
+    assert report["status"] == "cancelled"
+    assert 0 < report["selection"]["superbatches"] < 1000 * 235
