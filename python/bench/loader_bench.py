@@ -1,6 +1,6 @@
 """The Python loader against the Rust loader on the same pipeline, in the same process.
 
-    python python/bench/loader_bench.py [PIPELINE.yaml] [--runs 9] [--epochs 20]
+    python python/bench/loader_bench.py [PIPELINE.yaml] [--runs 9] [--epochs N] [--limit N]
 
 The Rust side iterates `saln::loader::Loader` in Rust (each batch dropped); the Python side
 iterates `saln.Loader` (each batch's tensors reach Python and its images are read). Both
@@ -56,11 +56,16 @@ def main() -> int:
     ap = argparse.ArgumentParser()
     ap.add_argument("pipeline", nargs="?", type=pathlib.Path)
     ap.add_argument("--runs", type=int, default=9)
-    ap.add_argument("--epochs", type=int, default=20, help="trainer.epochs (default pipeline)")
+    ap.add_argument("--epochs", type=int, help="trainer.epochs (default pipeline: 20)")
+    ap.add_argument("--limit", type=int, help="source.limit: learner samples per epoch")
     ap.add_argument("--json", type=pathlib.Path, help="also write the figures here")
     args = ap.parse_args()
     config = args.pipeline or DEFAULT
-    overrides = {} if args.pipeline else {"trainer.epochs": args.epochs}
+    overrides = {} if args.pipeline else {"trainer.epochs": 20}
+    if args.epochs:
+        overrides["trainer.epochs"] = args.epochs
+    if args.limit:
+        overrides["source.limit"] = args.limit
     figures = {"rust": [], "python": []}
     python_side(config, overrides)  # warm-up: page cache, libtorch's first calls
     for i in range(args.runs):
