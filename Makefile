@@ -12,7 +12,7 @@ CARGO ?= cargo
 PIPELINE ?= pipelines/fashion-mnist.yaml
 BIN := target/release/saln-pipe
 
-.PHONY: all setup build demo test bench bench-loader lint fixtures eval gpu-prepare
+.PHONY: all setup build demo test bench bench-loader lint fixtures eval gpu-prepare python test-python bench-python
 
 all: build
 
@@ -53,10 +53,31 @@ test: setup fixtures
 	$(CARGO) test --release --locked --doc
 	$(CARGO) test --release --locked -p saln-build
 	CARGO_TARGET_DIR="$(CURDIR)/target" CARGO="$(CARGO)" scripts/check-embed.sh
+	@$(MAKE) --no-print-directory test-python
+
+# The Python package (python/, docs/python.md): maturin builds its extension against the
+# venv's torch (LIBTORCH_USE_PYTORCH=1, exported above) into the shared target/, pip installs
+# it into the venv, then pytest runs its tests (they compare with target/release/saln-pipe,
+# which `cargo test --release` above builds). Test tools are installed when missing.
+PYTHON := $(SALN_VENV)/bin/python
+PY_TOOLS := "maturin>=1.16,<2" pytest "ray[data]==2.60.*" pyarrow
+
+python: setup
+	@$(PYTHON) -c 'import maturin, pytest, ray, pyarrow' 2>/dev/null || \
+	  $(PYTHON) -m pip install --quiet --disable-pip-version-check $(PY_TOOLS)
+	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-build-isolation ./python
+
+test-python: python
+	$(PYTHON) -m pytest python/tests -p no:cacheprovider -q
+
+# The Python loader's images/s against the Rust loader's, same pipeline, same process.
+bench-python: python
+	$(PYTHON) python/bench/loader_bench.py
 
 lint: setup
 	$(CARGO) fmt --all -- --check
 	$(CARGO) clippy --release --locked -p saln -p saln-build --all-targets -- -D warnings
+	$(CARGO) clippy --release --locked -p saln-py -- -D warnings
 
 # Test models for the extractor tests (TorchScript, torchvision ResNets with random weights and
 # their Python-computed outputs), made once by fixtures/make_models.py; remade only when the

@@ -338,6 +338,19 @@ impl Loader {
         self.losses.clone()
     }
 
+    /// The live counters of the running stages (`loader`, `extract`, and `export` when one
+    /// is configured): take snapshots of them while the loader runs, from any thread.
+    /// Empty once the loader has stopped.
+    pub fn stage_stats(&self) -> Vec<Arc<crate::pipeline::StageStats>> {
+        let mut stats = self
+            .handle
+            .as_ref()
+            .map(|h| h.stats.clone())
+            .unwrap_or_default();
+        stats.extend(self.export.as_ref().map(|x| x.stats.clone()));
+        stats
+    }
+
     /// Turns a curated message into what the caller gets, and what the exporter gets.
     fn accept(&mut self, msg: Msg<SubBatch>) -> Result<(Item, Option<Msg<ExportItem>>)> {
         let exporting = self.export.is_some();

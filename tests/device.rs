@@ -367,7 +367,7 @@ fn the_selector_takes_features_on_any_device_and_precision() {
         "t",
     )
     .unwrap();
-    let selector = saln::select::Selector::new(saln::select::SelectorConfig::from_config(&cfg));
+    let selector = saln::select::Selector::new(cfg.selector_config());
     assert_eq!(selector.config().policy, Policy::Saln);
     let f = features(200, 8, 3, Kind::Float);
     let a = selector.select(200, Some(&f), 0, 0.0).unwrap();
