@@ -27,7 +27,7 @@ use crate::model::{Cnn, CnnArch};
 use crate::select::learner::{LearnerScorer, ReferenceLogits};
 use crate::select::outcome::Acc;
 pub use crate::select::outcome::{RecordMode, SelectionRecord, SelectionStats, SubBatch};
-use crate::select::Selector;
+use crate::select::{Policy, Selection, Selector};
 use crate::stage::{Cancel, Msg, StageStats};
 
 pub mod backbone;
@@ -184,53 +184,14 @@ fn curate(
         .f_view([n as i64, c as i64, h as i64, w as i64])?
         .f_to_device(device)?;
     let t = Instant::now();
-    let mut waited = 0.0;
     let policy = selector.config().policy;
-    let features = match (policy.needs_features(), extractor) {
-        (true, Some(x)) => Some(x.features(&images)?),
-        (true, None) => {
-            return Err(Error::Selection {
-                superbatch: sb.seq,
-                message: "features are needed (policy or export) but no extractor is loaded".into(),
-            })
-        }
-        (false, _) if policy.needs_learner() => {
-            let Some((scorer, sent, cancel)) = learner else {
-                return Err(Error::Selection {
-                    superbatch: sb.seq,
-                    message: "policy needs the learner's losses but no learner is loaded".into(),
-                });
-            };
-            let labels = Tensor::f_from_slice(&sb.labels)?.f_to_device(device)?;
-            let reference_logits = |x: &Tensor| match extractor {
-                Some(r) => r.reference_logits(x),
-                None => Err(Error::config(
-                    "extractor",
-                    "the policy needs the reference model's losses, but none is loaded",
-                )),
-            };
-            let reference: Option<ReferenceLogits<'_>> =
-                (extractor.is_some() && policy.needs_reference()).then_some(&reference_logits);
-            let scored = scorer
-                .losses(&images, &labels, sent, reference, cancel)
-                .map_err(|e| match e {
-                    Error::Selection { message, .. } => Error::Selection {
-                        superbatch: sb.seq,
-                        message,
-                    },
-                    e => e,
-                })?;
-            let Some(scored) = scored else {
-                return Ok(None);
-            };
-            waited = scored.waited;
-            Some(scored.losses)
-        }
-        (false, _) => None,
+    let Some((scores_input, waited)) = policy_input(extractor, learner, policy, &images, &sb)?
+    else {
+        return Ok(None); // cancelled while waiting for the learner's weights
     };
     let fwd = t.elapsed().as_secs_f64() - waited;
     let sel = selector
-        .select(n, features.as_ref(), sb.seq, sb.progress)
+        .select(n, scores_input.as_ref(), sb.seq, sb.progress)
         // Name a faulty sample by its id, not only by its position in the super-batch.
         .map_err(|e| e.with_sample_ids(&sb.ids))?;
     let ids: Vec<u64> = sel.kept.iter().map(|&i| sb.ids[i]).collect();
@@ -240,37 +201,11 @@ fn curate(
     let labels: Vec<i64> = sel.kept.iter().map(|&i| sb.labels[i]).collect();
     // The export's features come from the reference model whatever the policy scored with.
     let export_features = match (record, policy.needs_features(), extractor) {
-        (RecordMode::Features, true, _) => features.as_ref().map(Tensor::shallow_clone),
+        (RecordMode::Features, true, _) => scores_input.as_ref().map(Tensor::shallow_clone),
         (RecordMode::Features, false, Some(x)) => Some(x.features(&images)?),
         _ => None,
     };
-    let record = match record {
-        RecordMode::Off => None,
-        mode => {
-            let mut kept = vec![false; n];
-            sel.kept.iter().for_each(|&i| kept[i] = true);
-            let (feature_dim, features) = match (mode, &export_features) {
-                (RecordMode::Features, Some(f)) => (
-                    f.size().get(1).copied().unwrap_or(0) as usize,
-                    Vec::<f32>::try_from(
-                        f.f_to_kind(Kind::Float)?
-                            .f_to_device(Device::Cpu)?
-                            .f_flatten(0, -1)?,
-                    )?,
-                ),
-                _ => (0, Vec::new()),
-            };
-            Some(SelectionRecord {
-                indices: sb.indices.clone(),
-                ids: sb.ids.clone(),
-                labels: sb.labels.clone(),
-                scores: sel.scores.clone(),
-                kept,
-                feature_dim,
-                features,
-            })
-        }
-    };
+    let record = selection_record(record, &sb, &sel, export_features.as_ref())?;
     let sub = SubBatch {
         seq: sb.seq,
         epoch: sb.epoch,
@@ -284,6 +219,90 @@ fn curate(
         record,
     };
     Ok(Some((sub, std::time::Duration::from_secs_f64(waited))))
+}
+
+/// What the policy scores a super-batch from, and the seconds spent waiting for the
+/// learner's weights: the reference model's features (`saln`), the learner's (and reference
+/// model's) per-sample losses (`loss`, `rho-loss`, `jest`), or nothing (`uniform`, `none`).
+/// `None` when cancelled while waiting.
+fn policy_input(
+    extractor: Option<&Extractor>,
+    learner: Option<(&mut LearnerScorer, u64, &Cancel)>,
+    policy: Policy,
+    images: &Tensor,
+    sb: &SuperBatch,
+) -> Result<Option<(Option<Tensor>, f64)>> {
+    match (policy.needs_features(), extractor) {
+        (true, Some(x)) => Ok(Some((Some(x.features(images)?), 0.0))),
+        (true, None) => Err(Error::Selection {
+            superbatch: sb.seq,
+            message: "features are needed (policy or export) but no extractor is loaded".into(),
+        }),
+        (false, _) if policy.needs_learner() => {
+            let Some((scorer, sent, cancel)) = learner else {
+                return Err(Error::Selection {
+                    superbatch: sb.seq,
+                    message: "policy needs the learner's losses but no learner is loaded".into(),
+                });
+            };
+            let labels = Tensor::f_from_slice(&sb.labels)?.f_to_device(images.device())?;
+            let reference_logits = |x: &Tensor| match extractor {
+                Some(r) => r.reference_logits(x),
+                None => Err(Error::config(
+                    "extractor",
+                    "the policy needs the reference model's losses, but none is loaded",
+                )),
+            };
+            let reference: Option<ReferenceLogits<'_>> =
+                (extractor.is_some() && policy.needs_reference()).then_some(&reference_logits);
+            let scored = scorer
+                .losses(images, &labels, sent, reference, cancel)
+                .map_err(|e| match e {
+                    Error::Selection { message, .. } => Error::Selection {
+                        superbatch: sb.seq,
+                        message,
+                    },
+                    e => e,
+                })?;
+            Ok(scored.map(|s| (Some(s.losses), s.waited)))
+        }
+        (false, _) => Ok(Some((None, 0.0))),
+    }
+}
+
+/// The whole super-batch as the selector saw it, for an export (`None` without one): every
+/// sample's id, label, score and kept flag, and with `RecordMode::Features` its feature vector.
+fn selection_record(
+    mode: RecordMode,
+    sb: &SuperBatch,
+    sel: &Selection,
+    features: Option<&Tensor>,
+) -> Result<Option<SelectionRecord>> {
+    if mode == RecordMode::Off {
+        return Ok(None);
+    }
+    let mut kept = vec![false; sb.len()];
+    sel.kept.iter().for_each(|&i| kept[i] = true);
+    let (feature_dim, features) = match (mode, features) {
+        (RecordMode::Features, Some(f)) => (
+            f.size().get(1).copied().unwrap_or(0) as usize,
+            Vec::<f32>::try_from(
+                f.f_to_kind(Kind::Float)?
+                    .f_to_device(Device::Cpu)?
+                    .f_flatten(0, -1)?,
+            )?,
+        ),
+        _ => (0, Vec::new()),
+    };
+    Ok(Some(SelectionRecord {
+        indices: sb.indices.clone(),
+        ids: sb.ids.clone(),
+        labels: sb.labels.clone(),
+        scores: sel.scores.clone(),
+        kept,
+        feature_dim,
+        features,
+    }))
 }
 
 // ---- configuration ----
