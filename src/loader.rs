@@ -272,7 +272,7 @@ impl LoaderBuilder {
         let (rx, handle) = launch.start(cancel.clone())?.into_parts();
         let export = match &cfg.export {
             None => None,
-            Some(_) => match export_stage(&cfg, &handle.info, &cancel) {
+            Some(e) => match export_stage(e, &cfg, &handle.info, &cancel) {
                 Ok(s) => Some(s),
                 Err(err) => {
                     cancel.cancel();

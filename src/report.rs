@@ -60,22 +60,15 @@ pub struct DataReport {
 }
 
 impl DataReport {
-    /// The figures of a run on the data `split`, evaluated on `test_samples` test samples
-    /// after `test_skipped` (count, first few) were left out.
-    pub fn new(
-        split: &Split,
-        test_samples: usize,
-        test_skipped: (u64, Vec<String>),
-        loader: LoaderSummary,
-    ) -> DataReport {
+    /// The data figures of a run on `split` whose loader reported `loader`; a run that
+    /// evaluates fills in the test figures.
+    pub fn new(split: &Split, loader: LoaderSummary) -> DataReport {
         DataReport {
             learner_samples: split.learner.len(),
             holdout_samples: split.holdout.len(),
-            test_samples,
             skipped: loader.skipped,
             first_skipped: loader.first_skipped,
-            test_skipped: test_skipped.0,
-            test_first_skipped: test_skipped.1,
+            ..DataReport::default()
         }
     }
 }
@@ -147,10 +140,15 @@ impl Report {
 
     /// Writes the report as pretty JSON to `path`, atomically.
     pub fn write(&self, path: &Path) -> Result<()> {
-        let json = serde_json::to_vec_pretty(self).map_err(|e| Error::Data {
-            path: path.to_path_buf(),
-            message: format!("cannot serialise report: {e}"),
-        })?;
-        write_atomic(path, &json)
+        write_json(path, self)
     }
+}
+
+/// Writes `report` (any run mode's) as pretty JSON to `path`, atomically.
+pub fn write_json(path: &Path, report: &impl Serialize) -> Result<()> {
+    let json = serde_json::to_vec_pretty(report).map_err(|e| Error::Data {
+        path: path.to_path_buf(),
+        message: format!("cannot serialise report: {e}"),
+    })?;
+    write_atomic(path, &json)
 }

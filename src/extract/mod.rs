@@ -246,15 +246,11 @@ fn policy_input(
                 });
             };
             let labels = Tensor::f_from_slice(&sb.labels)?.f_to_device(images.device())?;
-            let reference_logits = |x: &Tensor| match extractor {
-                Some(r) => r.reference_logits(x),
-                None => Err(Error::config(
-                    "extractor",
-                    "the policy needs the reference model's losses, but none is loaded",
-                )),
-            };
+            let reference_logits = extractor
+                .filter(|_| policy.needs_reference())
+                .map(|x| move |t: &Tensor| x.reference_logits(t));
             let reference: Option<ReferenceLogits<'_>> =
-                (extractor.is_some() && policy.needs_reference()).then_some(&reference_logits);
+                reference_logits.as_ref().map(|f| f as ReferenceLogits<'_>);
             let scored = scorer
                 .losses(images, &labels, sent, reference, cancel)
                 .map_err(|e| match e {

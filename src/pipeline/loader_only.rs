@@ -79,11 +79,7 @@ pub struct LoaderReport {
 impl LoaderReport {
     /// Writes the report as pretty JSON to `path`, atomically.
     pub fn write(&self, path: &std::path::Path) -> Result<()> {
-        let json = serde_json::to_vec_pretty(self).map_err(|e| Error::Data {
-            path: path.to_path_buf(),
-            message: format!("cannot serialise report: {e}"),
-        })?;
-        crate::io::write_atomic(path, &json)
+        crate::report::write_json(path, self)
     }
 }
 

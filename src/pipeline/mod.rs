@@ -24,7 +24,7 @@ use std::time::{Duration, Instant};
 
 use crate::augment::Augmenter;
 use crate::batch::{run_loader, superbatches_per_epoch, LoaderSummary};
-use crate::config::PipelineConfig;
+use crate::config::{ExportConfig, PipelineConfig};
 use crate::error::{Error, Result};
 use crate::export::{ExportStage, Exporter};
 use crate::extract::{run_extract, Extractor};
@@ -321,7 +321,7 @@ impl<'a> Launch<'a> {
 
 /// Validates `cfg` and the machine it needs; with `data_given` the data set comes from the
 /// caller, so a missing `source` format block is not a problem.
-pub(crate) fn check_config(cfg: &PipelineConfig, data_given: bool) -> Result<()> {
+fn check_config(cfg: &PipelineConfig, data_given: bool) -> Result<()> {
     let mut issues = cfg.validate();
     issues.extend(cfg.check_resources());
     if data_given {
@@ -497,26 +497,24 @@ fn attach_export(
     tokio::sync::mpsc::Receiver<Msg<SubBatch>>,
     Option<ExportStage>,
 )> {
-    if cfg.export.is_none() {
+    let Some(e) = &cfg.export else {
         return Ok((stream, None));
-    }
-    let mut stage = export_stage(cfg, info, cancel)?;
+    };
+    let mut stage = export_stage(e, cfg, info, cancel)?;
     let rx = stage.tee(stream, cfg.channels.extract_to_train, cancel)?;
     Ok((rx, Some(stage)))
 }
 
-/// The export stage of a run, started (its thread waits for sub-batches).
+/// The export stage of a run of `cfg` writing to `export`, started (its thread waits for
+/// sub-batches).
 pub(crate) fn export_stage(
+    export: &ExportConfig,
     cfg: &PipelineConfig,
     info: &RunInfo,
     cancel: &Cancel,
 ) -> Result<ExportStage> {
-    let e = cfg
-        .export
-        .as_ref()
-        .ok_or_else(|| Error::config("export", "this run has no `export:` section"))?;
-    let exporter = Exporter::new(e, &cfg.provenance(), info.data.train.clone())?;
-    ExportStage::spawn(exporter, e.channel, cancel)
+    let exporter = Exporter::new(export, &cfg.provenance(), info.data.train.clone())?;
+    ExportStage::spawn(exporter, export.channel, cancel)
 }
 
 /// The report every run mode with a curation starts from: its data, stage and selection
@@ -530,7 +528,7 @@ pub(crate) fn curation_report(
     start: Instant,
 ) -> Report {
     let mut report = Report::new(cfg, crate::device::name(info.device));
-    report.data = DataReport::new(&info.split, 0, (0, Vec::new()), summary.loader);
+    report.data = DataReport::new(&info.split, summary.loader);
     report.stages = stats.iter().map(|s| s.snapshot()).collect();
     report.selection = summary.selection;
     report.wall_seconds = start.elapsed().as_secs_f64();
