@@ -2,8 +2,10 @@
 # Installs what saln needs, idempotently:
 #   - a Python venv outside the repository with torch==2.11.0 from PyPI (libtorch for tch);
 #   - Debian's dataset-fashion-mnist (the demo's and the tests' real data set);
-#   - Debian's fonts-dejavu-core (the font of the evaluation's plots).
-# Usage: scripts/setup.sh [torch|data|all]     (default: all)
+#   - Debian's fonts-dejavu-core (the font of the evaluation's plots);
+#   - moto[server] (a local S3-compatible server) and webdataset in the venv, for the tests
+#     of the streaming sources (docs/streaming.md).
+# Usage: scripts/setup.sh [torch|data|stream|all]     (default: all)
 # Environment: SALN_VENV (default ~/.cache/saln/venv), SALN_FASHION_MNIST_DIR.
 set -euo pipefail
 
@@ -83,9 +85,36 @@ MSG
   exit 1
 }
 
+# The streaming sources' tests: a local S3 server (moto) and the webdataset package's writer.
+MOTO_VERSION=5.2.5
+WEBDATASET_VERSION=1.0.2
+
+stream_ok() {
+  [ -x "$VENV/bin/python" ] && "$VENV/bin/python" - <<PY 2>/dev/null
+import sys, importlib.metadata as m
+ok = m.version("moto") == "$MOTO_VERSION" and m.version("webdataset") == "$WEBDATASET_VERSION"
+import moto.server, webdataset, boto3
+sys.exit(0 if ok else 1)
+PY
+}
+
+setup_stream() {
+  if stream_ok; then
+    say "moto $MOTO_VERSION and webdataset $WEBDATASET_VERSION present in $VENV"
+    return
+  fi
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+  say "installing moto[server]==$MOTO_VERSION and webdataset==$WEBDATASET_VERSION into $VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check \
+    "moto[server]==$MOTO_VERSION" "webdataset==$WEBDATASET_VERSION" boto3
+  stream_ok || { say "moto / webdataset did not import from $VENV"; exit 1; }
+  say "moto $MOTO_VERSION and webdataset $WEBDATASET_VERSION installed in $VENV"
+}
+
 case "$what" in
   torch) setup_torch ;;
   data) setup_data; setup_font ;;
-  all) setup_torch; setup_data; setup_font ;;
-  *) say "unknown target '$what' (torch|data|all)"; exit 2 ;;
+  stream) setup_stream ;;
+  all) setup_torch; setup_data; setup_font; setup_stream ;;
+  *) say "unknown target '$what' (torch|data|stream|all)"; exit 2 ;;
 esac

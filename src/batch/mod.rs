@@ -25,6 +25,7 @@ use std::time::Instant;
 use crate::augment::Augmenter;
 use crate::error::{Error, Result};
 use crate::rng::{self, Rng};
+use crate::source::stream::{Record, StreamPosition, StreamSource};
 use crate::source::OnError;
 use crate::source::Source;
 use crate::stage::{catching, spawn_thread, Cancel, Msg, StageStats};
@@ -50,6 +51,10 @@ pub struct SuperBatch {
     pub pixels: Vec<f32>,
     /// `(C, H, W)`.
     pub shape: (usize, usize, usize),
+    /// For a streaming source: where this rank's stream stands after this super-batch
+    /// (a reader started from it continues with the next super-batch). `None` for indexed
+    /// sources, whose position is the sequence number alone.
+    pub position: Option<StreamPosition>,
 }
 
 impl SuperBatch {
@@ -247,12 +252,21 @@ pub fn superbatch_at(
         return Ok(None);
     }
     let epoch = (seq / per_epoch) as usize;
+    if source.as_stream().is_some() {
+        return Err(Error::config(
+            "source.stream",
+            "a streaming source has no random access: one super-batch cannot be looked at \
+             alone (use an indexed source)",
+        ));
+    }
     let mut sbs = epoch_superbatches(plan, epoch);
     let job = Job {
         seq,
         epoch,
         progress: seq as f64 / total as f64,
         indices: sbs.swap_remove((seq % per_epoch) as usize),
+        records: Vec::new(),
+        position: None,
     };
     build(source, aug, shape, plan.seed, plan.on_error, &job).map(Some)
 }
@@ -275,6 +289,9 @@ struct Job {
     epoch: usize,
     progress: f64,
     indices: Vec<usize>,
+    /// A streaming source's samples, read (not decoded); `indices` are their ids.
+    records: Vec<Record>,
+    position: Option<StreamPosition>,
 }
 
 struct Done {
@@ -305,12 +322,17 @@ fn build(
         labels: Vec::with_capacity(job.indices.len()),
         pixels: Vec::with_capacity(job.indices.len() * per),
         shape: (c, h, w),
+        position: job.position,
     };
     let mut skipped = Vec::new();
-    for &i in &job.indices {
-        let sample = match resize {
-            Some(size) => source.get_resized(i, size),
-            None => source.get(i),
+    let stream = source.as_stream();
+    for (k, &i) in job.indices.iter().enumerate() {
+        let sample = match (stream, job.records.get(k)) {
+            (Some(st), Some(rec)) => st.decode(rec, resize),
+            _ => match resize {
+                Some(size) => source.get_resized(i, size),
+                None => source.get(i),
+            },
         };
         let res = sample.and_then(|s| {
             let sample_err = |message: String| Error::Sample {
@@ -347,6 +369,81 @@ fn build(
     Ok((sb, skipped))
 }
 
+/// The jobs of a streaming source: per epoch, this rank's stream (`StreamSource::reader`)
+/// cut into super-batches of `plan.size`; every rank takes `plan.shard.share_len(n)` samples
+/// an epoch (fewer with `drop_last`: whole super-batches only), so every rank makes
+/// `per_epoch` super-batches.
+fn stream_jobs(
+    stream: StreamSource,
+    plan: &LoaderPlan,
+    per_epoch: u64,
+    total: u64,
+) -> impl Iterator<Item = Result<Job>> + Send {
+    let plan = plan.clone();
+    let size = plan.size.max(1);
+    let take = if plan.drop_last {
+        per_epoch * size as u64
+    } else {
+        plan.shard.share_len(plan.indices.len()) as u64
+    };
+    let mut epoch = 0usize;
+    let mut reader: Option<crate::source::stream::StreamReader> = None;
+    let mut seq = 0u64;
+    std::iter::from_fn(move || loop {
+        if epoch >= plan.epochs || per_epoch == 0 {
+            return None;
+        }
+        if reader.is_none() {
+            let from = StreamPosition {
+                epoch,
+                ..StreamPosition::default()
+            };
+            match stream.reader(
+                plan.seed,
+                plan.shard.rank,
+                plan.shard.world_size,
+                take,
+                from,
+            ) {
+                Ok(r) => reader = Some(r),
+                Err(e) => {
+                    epoch = plan.epochs;
+                    return Some(Err(e));
+                }
+            }
+        }
+        let Some(r) = reader.as_mut() else {
+            return None;
+        };
+        let mut records = Vec::with_capacity(size);
+        for rec in r.by_ref().take(size) {
+            match rec {
+                Ok(rec) => records.push(rec),
+                Err(e) => {
+                    epoch = plan.epochs;
+                    return Some(Err(e));
+                }
+            }
+        }
+        if records.is_empty() {
+            reader = None;
+            epoch += 1;
+            continue;
+        }
+        let position = r.position();
+        let job = Job {
+            seq,
+            epoch,
+            progress: seq as f64 / total.max(1) as f64,
+            indices: records.iter().map(|r| r.id as usize).collect(),
+            records,
+            position: Some(position),
+        };
+        seq += 1;
+        return Some(Ok(job));
+    })
+}
+
 /// Runs the loader stage until every epoch is emitted, the consumer goes away, or `cancel`
 /// fires. Emits `Msg::Data` per super-batch and `Msg::EpochEnd` after each epoch.
 pub fn run_loader(
@@ -361,22 +458,31 @@ pub fn run_loader(
     let per_epoch = superbatches_per_epoch(&plan) as u64;
     let total = per_epoch * plan.epochs as u64;
     // Jobs are made one epoch at a time, as they are handed out: memory holds one epoch
-    // order, not all of them.
-    let mut jobs = {
-        let plan = plan.clone();
-        (0..plan.epochs)
-            .flat_map(move |epoch| {
-                epoch_superbatches(&plan, epoch)
-                    .into_iter()
-                    .map(move |indices| (epoch, indices))
-            })
-            .enumerate()
-            .map(move |(seq, (epoch, indices))| Job {
-                seq: seq as u64,
-                epoch,
-                progress: seq as f64 / total.max(1) as f64,
-                indices,
-            })
+    // order, not all of them. A streaming source is read in order instead.
+    let mut jobs: Box<dyn Iterator<Item = Result<Job>> + Send> = match source.as_stream() {
+        Some(stream) => Box::new(stream_jobs(stream.clone(), &plan, per_epoch, total)),
+        None => {
+            let plan = plan.clone();
+            Box::new(
+                (0..plan.epochs)
+                    .flat_map(move |epoch| {
+                        epoch_superbatches(&plan, epoch)
+                            .into_iter()
+                            .map(move |indices| (epoch, indices))
+                    })
+                    .enumerate()
+                    .map(move |(seq, (epoch, indices))| {
+                        Ok(Job {
+                            seq: seq as u64,
+                            epoch,
+                            progress: seq as f64 / total.max(1) as f64,
+                            indices,
+                            records: Vec::new(),
+                            position: None,
+                        })
+                    }),
+            )
+        }
     };
     // The sequence number that closes `epoch` (every epoch has `per_epoch` super-batches).
     let epoch_last = |epoch: usize| -> Option<u64> {
@@ -419,7 +525,7 @@ pub fn run_loader(
                 return Err(Error::Cancelled);
             }
             while in_flight < plan.prefetch.max(1) {
-                match jobs.next() {
+                match jobs.next().transpose()? {
                     Some(job) => {
                         job_tx.send(job).map_err(|_| Error::Panic {
                             stage: "loader",

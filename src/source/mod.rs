@@ -12,6 +12,7 @@
 //! | [`list`] | `list` | a CSV or JSONL file of image path + label |
 //! | [`parquet`] | `parquet` | a Parquet table of encoded images + labels (HF `datasets` layout) |
 //! | [`selection`] | `selection` | a curated set read back from a Parquet export (wraps any format above) |
+//! | [`stream`] | `stream` | WebDataset tar shards or Parquet shards, local or in object storage, read in order (no random access) |
 //!
 //! Shared pieces: [`decode`] turns JPEG/PNG bytes into a [`RawImage`] of the configured
 //! channel count (guarded against decoder panics); [`files`] is the source of image files
@@ -42,6 +43,7 @@ pub mod idx;
 pub mod list;
 pub mod parquet;
 pub mod selection;
+pub mod stream;
 
 /// One labelled sample.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -81,6 +83,11 @@ pub trait Source: Send + Sync {
     /// Shape of the stored images: channels, and the size when all images share one.
     /// What reaches the model is `augment::Augmenter::output_shape` of this.
     fn shape(&self) -> SourceShape;
+    /// The streaming source behind this one, if it is one: the loader then reads it in
+    /// order ([`stream::StreamSource::reader`]) instead of calling `get`.
+    fn as_stream(&self) -> Option<&stream::StreamSource> {
+        None
+    }
 }
 
 /// The training data split into the learner's share and the reference model's share.
@@ -183,6 +190,9 @@ fn open_format(cfg: &SourceConfig) -> Result<DataSet> {
         (Arc::new(train), Arc::new(test))
     } else if let Some(c) = &cfg.parquet {
         let (train, test) = parquet::open_pair(c, channels.unwrap_or(3))?;
+        (Arc::new(train), Arc::new(test))
+    } else if let Some(c) = &cfg.stream {
+        let (train, test) = stream::open_pair(c, channels.unwrap_or(3), cfg.on_error)?;
         (Arc::new(train), Arc::new(test))
     } else {
         // validate() above rejects a config without a block; kept as an error, not a panic.
@@ -331,7 +341,7 @@ impl Source for MemorySource {
 // ---- configuration ----
 
 /// The data set. Exactly one format block (`idx`, `cifar10`, `image_folder`, `list`,
-/// `parquet`) must be given.
+/// `parquet`, `stream`) must be given.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SourceConfig {
@@ -359,6 +369,10 @@ pub struct SourceConfig {
     /// A Parquet table with an encoded-image column and a label column.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub parquet: Option<parquet::ParquetConfig>,
+    /// Shards read in order: WebDataset tars or Parquet, local or in object storage
+    /// (`docs/streaming.md`).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<stream::StreamConfig>,
     /// Channels every image is converted to: 1 (grey) or 3 (RGB). Default: 3 for image files
     /// (`image_folder`, `list`, `parquet`), the format's own for `idx` (1) and `cifar10` (3).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -402,6 +416,7 @@ impl SourceConfig {
             ("image_folder", self.image_folder.is_some()),
             ("list", self.list.is_some()),
             ("parquet", self.parquet.is_some()),
+            ("stream", self.stream.is_some()),
         ]
         .into_iter()
         .filter_map(|(k, set)| set.then_some(k))
@@ -409,7 +424,7 @@ impl SourceConfig {
         match given.len() {
             0 => v.at(
                 "source",
-                "no data set given: add one of `idx`, `cifar10`, `image_folder`, `list`, `parquet`",
+                "no data set given: add one of `idx`, `cifar10`, `image_folder`, `list`, `parquet`, `stream`",
             ),
             1 => {}
             _ => v.at(
@@ -434,6 +449,20 @@ impl SourceConfig {
         }
         if let Some(s) = &self.selection {
             s.validate(v);
+        }
+        if let Some(c) = &self.stream {
+            c.validate(v);
+            v.check(self.holdout == 0, "source.holdout", || {
+                format!(
+                    "is {}, but a streaming source has no random access to hold samples out \
+                     for a reference model: set `holdout: 0` (pretrain the reference model on \
+                     an indexed data set)",
+                    self.holdout
+                )
+            });
+            v.check(self.selection.is_none(), "source.selection", || {
+                "cannot narrow a streaming source (it has no random access)".into()
+            });
         }
         if let Some(c) = self.channels {
             v.check(c == 1 || c == 3, "source.channels", || {

@@ -1,8 +1,11 @@
 //! Parquet tables of encoded images and labels: the layout Hugging Face `datasets` exports
 //! (`ds.to_parquet(...)`, or the `refs/convert/parquet` files of a hub data set).
 //!
-//! The image column is either a struct `{bytes: binary, path: string}` (the `Image` feature:
-//! saln reads `bytes`) or a plain binary column of JPEG/PNG bytes. The label column holds
+//! The image column is either a struct `{bytes: binary, path: string}` (the `Image` feature)
+//! or a plain binary column of JPEG/PNG bytes. `datasets` embeds the bytes only in hub
+//! uploads; a table written from local image files has null `bytes` and a `path`, and saln
+//! then reads the file at `path` (a relative path against the table's folder, then the
+//! working directory, as `datasets` does). The label column holds
 //! integers (the `ClassLabel` feature: class indices, `max + 1` classes) or strings (class
 //! names, sorted by byte order). Column names are configurable. `train` and `test` are a
 //! `.parquet` file or a folder of them (read in name order, as `train-00000-of-00004.parquet`
@@ -10,7 +13,8 @@
 //!
 //! Memory: the encoded image bytes of the table are held in memory (about the table's size
 //! on disk; they are decoded one at a time by the loader's workers). For data sets larger
-//! than memory, export the images to files and use `image_folder` or `list`.
+//! than memory, read the tables as a stream (`source.stream` with `format: parquet`,
+//! `source::stream`), row group by row group.
 //!
 //! A file that is not Parquet, is truncated, lacks a configured column or has one of the
 //! wrong type fails when the source is opened, naming the file. A null or undecodable image,
@@ -81,6 +85,14 @@ enum Label {
     Null,
 }
 
+/// A row's image in a [`Table`].
+#[derive(Debug, Clone)]
+enum Stored {
+    Span(usize, usize),
+    Path(String),
+    Null,
+}
+
 /// The rows of one table (one or more files), image bytes in one buffer.
 #[derive(Debug, Default)]
 struct Table {
@@ -88,12 +100,18 @@ struct Table {
     /// First row of each file, plus the total at the end.
     starts: Vec<usize>,
     blob: Vec<u8>,
-    /// `(offset, len)` in `blob` of each row's image; `None` for a null image.
-    spans: Vec<Option<(usize, usize)>>,
+    /// Each row's image: `(offset, len)` in `blob`, a file path, or null.
+    spans: Vec<Stored>,
     labels: Vec<Label>,
 }
 
 impl Table {
+    /// The folder of the file holding `row` (relative image paths are resolved against it).
+    fn folder(&self, row: usize) -> Option<&Path> {
+        let f = self.starts.partition_point(|&s| s <= row).saturating_sub(1);
+        self.files.get(f).and_then(|p| p.parent())
+    }
+
     fn locate(&self, row: usize) -> String {
         let f = self.starts.partition_point(|&s| s <= row).saturating_sub(1);
         match self.files.get(f) {
@@ -123,9 +141,68 @@ fn table_files(path: &Path) -> Result<Vec<PathBuf>> {
     }
 }
 
-/// The binary values of the image column: the column itself, or its struct's `bytes`.
-fn image_bytes(col: &ArrayRef, name: &str) -> std::result::Result<ArrayRef, String> {
-    let bytes = match col.data_type() {
+/// The image column of one record batch: the encoded bytes (the column itself, or its
+/// struct's `bytes`) and, for the `datasets` `Image` struct, its `path` field. A null struct
+/// row makes both null.
+pub(crate) struct ImageColumn {
+    bytes: ArrayRef,
+    paths: Option<ArrayRef>,
+}
+
+/// One row's image as stored.
+pub(crate) enum ImageCell<'a> {
+    /// Encoded bytes.
+    Bytes(&'a [u8]),
+    /// Null bytes and a file path (`datasets` tables written from local image files).
+    Path(&'a str),
+    /// Neither.
+    Null,
+}
+
+impl ImageColumn {
+    /// Row `i`'s image.
+    pub(crate) fn cell(&self, i: usize) -> ImageCell<'_> {
+        let bytes = self.bytes.as_binary::<i64>();
+        if !bytes.is_null(i) {
+            return ImageCell::Bytes(bytes.value(i));
+        }
+        match &self.paths {
+            Some(p) if !p.is_null(i) => ImageCell::Path(p.as_string::<i32>().value(i)),
+            _ => ImageCell::Null,
+        }
+    }
+
+    /// Rows.
+    pub(crate) fn len(&self) -> usize {
+        self.bytes.len()
+    }
+}
+
+/// A struct field with the struct's own nulls merged in.
+fn field_with_nulls(
+    s: &arrow::array::StructArray,
+    i: usize,
+) -> std::result::Result<ArrayRef, String> {
+    let child = s.column(i).clone();
+    match s.nulls() {
+        Some(n) if n.null_count() > 0 => {
+            let merged = arrow::buffer::NullBuffer::union(Some(n), child.nulls());
+            Ok(arrow::array::make_array(
+                child
+                    .to_data()
+                    .into_builder()
+                    .nulls(merged)
+                    .build()
+                    .map_err(|e| e.to_string())?,
+            ))
+        }
+        _ => Ok(child),
+    }
+}
+
+/// The image column `col` (named `name`) of a record batch.
+pub(crate) fn image_column(col: &ArrayRef, name: &str) -> std::result::Result<ImageColumn, String> {
+    let (bytes, paths) = match col.data_type() {
         DataType::Struct(fields) => {
             let s = col.as_struct();
             let i = fields
@@ -141,36 +218,59 @@ fn image_bytes(col: &ArrayRef, name: &str) -> std::result::Result<ArrayRef, Stri
                             .join(", ")
                     )
                 })?;
-            // A null struct row makes its `bytes` null too.
-            let child = s.column(i).clone();
-            match s.nulls() {
-                Some(n) if n.null_count() > 0 => {
-                    let merged = arrow::buffer::NullBuffer::union(Some(n), child.nulls());
-                    arrow::array::make_array(
-                        child
-                            .to_data()
-                            .into_builder()
-                            .nulls(merged)
-                            .build()
-                            .map_err(|e| e.to_string())?,
-                    )
-                }
-                _ => child,
-            }
+            let paths = match fields.iter().position(|f| f.name() == "path") {
+                Some(p) => Some(
+                    arrow::compute::cast(&field_with_nulls(s, p)?, &DataType::Utf8)
+                        .map_err(|e| format!("column `{name}`, field `path`: {e}"))?,
+                ),
+                None => None,
+            };
+            (field_with_nulls(s, i)?, paths)
         }
-        _ => col.clone(),
+        _ => (col.clone(), None),
     };
-    match bytes.data_type() {
+    let bytes = match bytes.data_type() {
         DataType::Binary
         | DataType::LargeBinary
         | DataType::BinaryView
         | DataType::FixedSizeBinary(_) => {
-            arrow::compute::cast(&bytes, &DataType::LargeBinary).map_err(|e| e.to_string())
+            arrow::compute::cast(&bytes, &DataType::LargeBinary).map_err(|e| e.to_string())?
         }
-        t => Err(format!(
-            "column `{name}` is {t}, expected binary image bytes or a struct {{bytes, path}}"
-        )),
+        t => {
+            return Err(format!(
+                "column `{name}` is {t}, expected binary image bytes or a struct {{bytes, path}}"
+            ))
+        }
+    };
+    Ok(ImageColumn { bytes, paths })
+}
+
+/// Where the image file a `datasets` `Image` row names lies: an absolute path as it is; a
+/// relative one against `folder` (the table's folder) when the file is there, else against
+/// the working directory, as `datasets` resolves it.
+pub(crate) fn resolve_image_path(path: &str, folder: Option<&Path>) -> PathBuf {
+    let p = PathBuf::from(path);
+    if p.is_absolute() {
+        return p;
     }
+    match folder {
+        Some(f) if f.join(&p).exists() => f.join(&p),
+        _ => p,
+    }
+}
+
+/// The bytes of the image file at `path` (resolved as [`resolve_image_path`] does).
+pub(crate) fn read_image_file(path: &str, folder: Option<&Path>) -> std::result::Result<Vec<u8>, String> {
+    let p = resolve_image_path(path, folder);
+    std::fs::read(&p).map_err(|e| {
+        let tried = match folder {
+            Some(f) if PathBuf::from(path).is_relative() => {
+                format!(" (looked in {} and the working directory)", f.display())
+            }
+            _ => String::new(),
+        };
+        format!("the image bytes are null and its file `{path}` cannot be read{tried}: {e}")
+    })
 }
 
 fn labels_of(col: &ArrayRef, name: &str) -> std::result::Result<Vec<Label>, String> {
@@ -250,17 +350,18 @@ fn read_file(path: &Path, cfg: &ParquetConfig, table: &mut Table) -> Result<()> 
                 "projected columns missing from a record batch",
             ));
         };
-        let bytes = image_bytes(img, &cfg.image_column).map_err(|m| Error::data(path, m))?;
-        let bytes = bytes.as_binary::<i64>();
+        let images = image_column(img, &cfg.image_column).map_err(|m| Error::data(path, m))?;
         let labels = labels_of(lab, &cfg.label_column).map_err(|m| Error::data(path, m))?;
-        for i in 0..bytes.len() {
-            if bytes.is_null(i) {
-                table.spans.push(None);
-            } else {
-                let v = bytes.value(i);
-                table.spans.push(Some((table.blob.len(), v.len())));
-                table.blob.extend_from_slice(v);
-            }
+        for i in 0..images.len() {
+            table.spans.push(match images.cell(i) {
+                ImageCell::Bytes(v) => {
+                    let at = table.blob.len();
+                    table.blob.extend_from_slice(v);
+                    Stored::Span(at, v.len())
+                }
+                ImageCell::Path(p) => Stored::Path(p.to_string()),
+                ImageCell::Null => Stored::Null,
+            });
         }
         table.labels.extend(labels);
     }
@@ -349,8 +450,15 @@ impl ParquetSource {
             message,
         };
         let label = self.labels[row].ok_or_else(|| err("null label".into()))?;
-        let (off, len) = self.table.spans[row].ok_or_else(|| err("null image".into()))?;
-        let bytes = &self.table.blob[off..off + len];
+        let file;
+        let bytes = match &self.table.spans[row] {
+            Stored::Span(off, len) => &self.table.blob[*off..*off + *len],
+            Stored::Path(p) => {
+                file = read_image_file(p, self.table.folder(row)).map_err(err)?;
+                &file[..]
+            }
+            Stored::Null => return Err(err("null image (neither bytes nor a path)".into())),
+        };
         let image = decode::decode_resized(bytes, self.channels, size).map_err(err)?;
         Ok(Sample {
             id: index as u64,
@@ -491,16 +599,54 @@ pub fn write_table(
     rows: &[(Option<Vec<u8>>, Option<i64>)],
     plain_binary: bool,
 ) -> Result<()> {
+    let rows: Vec<ImageRow> = rows
+        .iter()
+        .enumerate()
+        .map(|(i, (b, l))| ImageRow {
+            path: b.as_ref().map(|_| format!("{i}.png")),
+            bytes: b.clone(),
+            label: *l,
+        })
+        .collect();
+    write_image_table(path, &rows, plain_binary)
+}
+
+/// One row of [`write_image_table`].
+#[derive(Debug, Clone, Default)]
+pub struct ImageRow {
+    /// Encoded image bytes (null when `None`).
+    pub bytes: Option<Vec<u8>>,
+    /// The `path` field of the `Image` struct (null when `None`).
+    pub path: Option<String>,
+    /// The label (null when `None`).
+    pub label: Option<i64>,
+}
+
+/// [`write_table`] with the `path` of every row given: a table as `datasets` writes it from
+/// local image files has null `bytes` and a `path`. With `plain_binary` paths are dropped.
+pub fn write_image_table(path: &Path, rows: &[ImageRow], plain_binary: bool) -> Result<()> {
+    let mut out = Vec::new();
+    write_image_table_to(&mut out, rows, plain_binary, None)
+        .map_err(|e| Error::data(path, e))?;
+    crate::io::write_atomic(path, &out)
+}
+
+/// Writes the table of [`write_image_table`] to `out`, `row_group` rows per row group
+/// (default: the writer's own).
+pub(crate) fn write_image_table_to(
+    out: &mut Vec<u8>,
+    rows: &[ImageRow],
+    plain_binary: bool,
+    row_group: Option<usize>,
+) -> std::result::Result<(), String> {
     use arrow::array::{BinaryArray, Int64Array, RecordBatch, StringArray, StructArray};
     use arrow::datatypes::{Field, Fields, Schema};
-    let bytes = Arc::new(BinaryArray::from_iter(rows.iter().map(|r| r.0.as_deref())));
-    let labels = Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.1)));
+    let bytes = Arc::new(BinaryArray::from_iter(rows.iter().map(|r| r.bytes.as_deref())));
+    let labels = Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.label)));
     let image: ArrayRef = if plain_binary {
         bytes
     } else {
-        let paths = Arc::new(StringArray::from_iter(
-            (0..rows.len()).map(|i| Some(format!("{i}.png"))),
-        ));
+        let paths = Arc::new(StringArray::from_iter(rows.iter().map(|r| r.path.as_deref())));
         let fields = Fields::from(vec![
             Field::new("bytes", DataType::Binary, true),
             Field::new("path", DataType::Utf8, true),
@@ -511,15 +657,18 @@ pub fn write_table(
         Field::new("image", image.data_type().clone(), true),
         Field::new("label", DataType::Int64, true),
     ]));
-    let batch = RecordBatch::try_new(schema.clone(), vec![image, labels])
-        .map_err(|e| Error::data(path, e.to_string()))?;
-    let mut out = Vec::new();
-    let mut w = ::parquet::arrow::ArrowWriter::try_new(&mut out, schema, None)
-        .map_err(|e| Error::data(path, e.to_string()))?;
-    w.write(&batch)
-        .map_err(|e| Error::data(path, e.to_string()))?;
-    w.close().map_err(|e| Error::data(path, e.to_string()))?;
-    crate::io::write_atomic(path, &out)
+    let batch =
+        RecordBatch::try_new(schema.clone(), vec![image, labels]).map_err(|e| e.to_string())?;
+    let props = row_group.map(|n| {
+        ::parquet::file::properties::WriterProperties::builder()
+            .set_max_row_group_size(n.max(1))
+            .build()
+    });
+    let mut w =
+        ::parquet::arrow::ArrowWriter::try_new(out, schema, props).map_err(|e| e.to_string())?;
+    w.write(&batch).map_err(|e| e.to_string())?;
+    w.close().map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 #[cfg(test)]
@@ -657,5 +806,45 @@ mod tests {
         std::fs::write(&f, b"").unwrap();
         let e = open_pair(&cfg(f), 3).unwrap_err().to_string();
         assert!(e.contains("t.parquet"), "{e}");
+    }
+
+    /// A table as `datasets` writes it from local image files: null bytes and a path,
+    /// relative (against the table's folder, then the working directory) or absolute.
+    #[test]
+    fn null_bytes_with_a_path_read_the_file() {
+        let t = tempfile::tempdir().unwrap();
+        std::fs::create_dir(t.path().join("imgs")).unwrap();
+        std::fs::write(t.path().join("imgs/a.png"), png(5, 4, 9)).unwrap();
+        let abs = t.path().join("abs.png");
+        std::fs::write(&abs, png(6, 4, 9)).unwrap();
+        let row = |path: Option<String>, label| ImageRow {
+            bytes: None,
+            path,
+            label: Some(label),
+        };
+        let f = t.path().join("t.parquet");
+        write_image_table(
+            &f,
+            &[
+                row(Some("imgs/a.png".into()), 0),
+                row(Some(abs.display().to_string()), 1),
+                row(Some("imgs/missing.png".into()), 0),
+                row(None, 1),
+            ],
+            false,
+        )
+        .unwrap();
+        let mut c = cfg(f);
+        c.test_fraction = Some(0.0);
+        let (train, _) = open_pair(&c, 3).unwrap();
+        assert_eq!(train.get(0).unwrap().image.height, 5);
+        assert_eq!(train.get(1).unwrap().image.height, 6);
+        let e = train.get(2).unwrap_err().to_string();
+        assert!(
+            e.contains("t.parquet#2") && e.contains("imgs/missing.png") && e.contains("looked in"),
+            "{e}"
+        );
+        let e = train.get(3).unwrap_err().to_string();
+        assert!(e.contains("null image"), "{e}");
     }
 }

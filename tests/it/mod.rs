@@ -6,3 +6,4 @@ pub mod eval;
 pub mod layering;
 pub mod pipeline;
 pub mod within;
+pub mod stream;

@@ -95,6 +95,22 @@ enum Command {
         #[arg(long, default_value = "target/saln/viz")]
         out: PathBuf,
     },
+    /// Convert the data set of a pipeline (image folder, list, CIFAR-10, IDX, Parquet) into
+    /// WebDataset or Parquet shards, for the streaming source (docs/streaming.md). Writes
+    /// `train-NNNNNN.*` and `test-NNNNNN.*` into OUT and prints the `source.stream` block.
+    Shard {
+        /// The pipeline YAML whose `source` to convert.
+        config: PathBuf,
+        /// Folder for the shards.
+        #[arg(long)]
+        out: PathBuf,
+        /// `webdataset` (tar) or `parquet`.
+        #[arg(long, default_value = "webdataset")]
+        format: String,
+        /// Samples per shard.
+        #[arg(long, default_value_t = 10_000)]
+        per_shard: usize,
+    },
     /// Measure a stage on synthetic input and print a table.
     Bench {
         #[command(subcommand)]
@@ -305,6 +321,15 @@ fn main() -> ExitCode {
                 ExitCode::from(1)
             }
         },
+        Command::Shard {
+            config,
+            out,
+            format,
+            per_shard,
+        } => match load(&config) {
+            Ok(cfg) => shard(&cfg, &out, &format, per_shard),
+            Err(code) => code,
+        },
         Command::Validate { config } => validate(&config),
         Command::Pretrain { config, force } => pretrain(&config, force),
         Command::Run {
@@ -319,6 +344,56 @@ fn main() -> ExitCode {
             report,
         } => curate(&config, out, overwrite, report),
     }
+}
+
+/// `saln-pipe shard`: the training and test splits of the pipeline's source as shards.
+fn shard(cfg: &PipelineConfig, out: &std::path::Path, format: &str, per_shard: usize) -> ExitCode {
+    use saln::source::stream::{write::write_shards, StreamFormat};
+    let (fmt, ext) = match format {
+        "webdataset" | "wds" | "tar" => (StreamFormat::Webdataset, "tar"),
+        "parquet" => (StreamFormat::Parquet, "parquet"),
+        f => {
+            eprintln!("error: --format: `{f}` is not `webdataset` or `parquet`");
+            return ExitCode::from(2);
+        }
+    };
+    if cfg.source.stream.is_some() {
+        eprintln!("error: source: already a stream of shards");
+        return ExitCode::from(2);
+    }
+    let data = match saln::source::open(&cfg.source) {
+        Ok(d) => d,
+        Err(e) => return fail(&e),
+    };
+    let mut written = Vec::new();
+    for (name, src) in [("train", &data.train), ("test", &data.test)] {
+        match write_shards(src.as_ref(), out, name, fmt, per_shard) {
+            Ok(v) => {
+                eprintln!(
+                    "saln: {} {name} samples in {} shards under {}",
+                    src.len(),
+                    v.len(),
+                    out.display()
+                );
+                written.push(v.len());
+            }
+            Err(e) => return fail(&e),
+        }
+    }
+    let range = |name: &str, n: usize| {
+        if n == 1 {
+            format!("{}/{name}-000000.{ext}", out.display())
+        } else {
+            format!("{}/{name}-{{000000..{:06}}}.{ext}", out.display(), n - 1)
+        }
+    };
+    println!(
+        "source:\n  holdout: 0\n  stream:\n    format: {}\n    train: \"{}\"\n    test: \"{}\"",
+        if fmt == StreamFormat::Parquet { "parquet" } else { "webdataset" },
+        range("train", written[0]),
+        range("test", written[1])
+    );
+    ExitCode::SUCCESS
 }
 
 /// `saln-pipe validate FILE`: every problem of a pipeline file and of what it needs.
