@@ -430,7 +430,7 @@ fn stream_jobs(
             epoch += 1;
             continue;
         }
-        let position = r.position();
+        let position = (*r).position();
         let job = Job {
             seq,
             epoch,
@@ -513,6 +513,12 @@ pub fn run_loader(
     drop(job_rx);
 
     let mut summary = LoaderSummary::default();
+    // A stream's shards damaged when it was opened (`on_error: skip`) are named first.
+    if let Some(stream) = source.as_stream() {
+        summary
+            .first_skipped
+            .extend(stream.problems().iter().take(20).cloned());
+    }
     let result = (|| -> Result<()> {
         let mut in_flight = 0usize;
         let mut pending: BTreeMap<u64, Done> = BTreeMap::new();

@@ -260,7 +260,10 @@ pub(crate) fn resolve_image_path(path: &str, folder: Option<&Path>) -> PathBuf {
 }
 
 /// The bytes of the image file at `path` (resolved as [`resolve_image_path`] does).
-pub(crate) fn read_image_file(path: &str, folder: Option<&Path>) -> std::result::Result<Vec<u8>, String> {
+pub(crate) fn read_image_file(
+    path: &str,
+    folder: Option<&Path>,
+) -> std::result::Result<Vec<u8>, String> {
     let p = resolve_image_path(path, folder);
     std::fs::read(&p).map_err(|e| {
         let tried = match folder {
@@ -626,8 +629,7 @@ pub struct ImageRow {
 /// local image files has null `bytes` and a `path`. With `plain_binary` paths are dropped.
 pub fn write_image_table(path: &Path, rows: &[ImageRow], plain_binary: bool) -> Result<()> {
     let mut out = Vec::new();
-    write_image_table_to(&mut out, rows, plain_binary, None)
-        .map_err(|e| Error::data(path, e))?;
+    write_image_table_to(&mut out, rows, plain_binary, None).map_err(|e| Error::data(path, e))?;
     crate::io::write_atomic(path, &out)
 }
 
@@ -641,12 +643,16 @@ pub(crate) fn write_image_table_to(
 ) -> std::result::Result<(), String> {
     use arrow::array::{BinaryArray, Int64Array, RecordBatch, StringArray, StructArray};
     use arrow::datatypes::{Field, Fields, Schema};
-    let bytes = Arc::new(BinaryArray::from_iter(rows.iter().map(|r| r.bytes.as_deref())));
+    let bytes = Arc::new(BinaryArray::from_iter(
+        rows.iter().map(|r| r.bytes.as_deref()),
+    ));
     let labels = Arc::new(Int64Array::from_iter(rows.iter().map(|r| r.label)));
     let image: ArrayRef = if plain_binary {
         bytes
     } else {
-        let paths = Arc::new(StringArray::from_iter(rows.iter().map(|r| r.path.as_deref())));
+        let paths = Arc::new(StringArray::from_iter(
+            rows.iter().map(|r| r.path.as_deref()),
+        ));
         let fields = Fields::from(vec![
             Field::new("bytes", DataType::Binary, true),
             Field::new("path", DataType::Utf8, true),
@@ -661,7 +667,7 @@ pub(crate) fn write_image_table_to(
         RecordBatch::try_new(schema.clone(), vec![image, labels]).map_err(|e| e.to_string())?;
     let props = row_group.map(|n| {
         ::parquet::file::properties::WriterProperties::builder()
-            .set_max_row_group_size(n.max(1))
+            .set_max_row_group_row_count(Some(n.max(1)))
             .build()
     });
     let mut w =

@@ -5,5 +5,5 @@ pub mod docs;
 pub mod eval;
 pub mod layering;
 pub mod pipeline;
-pub mod within;
 pub mod stream;
+pub mod within;

@@ -119,9 +119,18 @@ fn assert_labels_match_ids(src: &dyn Source, sbs: &[SuperBatch]) {
             let (s, i) = (id as usize / PER, id as usize % PER);
             assert_eq!(sb.labels[k], label_of(s, i), "id {id}");
             let name = src.locate(id as usize);
-            assert!(name.ends_with(&format!("shard-{s:06}.tar{}#s{s}/{i:04}", if s == SHARDS - 1 { ".gz" } else { "" })), "{name}");
+            assert!(
+                name.ends_with(&format!(
+                    "shard-{s:06}.tar{}#s{s}/{i:04}",
+                    if s == SHARDS - 1 { ".gz" } else { "" }
+                )),
+                "{name}"
+            );
             let px = sb.pixels[k * per];
-            assert!((px * 255.0 - (10 * sb.labels[k] + 1) as f32).abs() < 0.6, "{px}");
+            assert!(
+                (px * 255.0 - (10 * sb.labels[k] + 1) as f32).abs() < 0.6,
+                "{px}"
+            );
         }
     }
 }
@@ -131,7 +140,10 @@ fn tar_shards_are_read_with_their_labels_and_ids_whatever_the_worker_count() {
     let t = tempfile::tempdir().unwrap();
     let shards = write_shards(&t.path().join("shards"));
     // A brace range and a glob name the same shards as the list.
-    let spec = format!("{}/shard-{{000000..000004}}.tar", t.path().join("shards").display());
+    let spec = format!(
+        "{}/shard-{{000000..000004}}.tar",
+        t.path().join("shards").display()
+    );
     let glob = format!("{}/shard-*.tar.gz", t.path().join("shards").display());
     let c = cfg(vec![spec, glob], strings(&shards[..1]));
     let (train, test) = stream::open_pair(&c, 1, OnError::Fail).unwrap();
@@ -144,7 +156,10 @@ fn tar_shards_are_read_with_their_labels_and_ids_whatever_the_worker_count() {
     assert_labels_match_ids(train.as_ref(), &one);
     // Every sample once per epoch, in an order that changes between epochs.
     let epoch = |e: usize| -> Vec<u64> {
-        one.iter().filter(|sb| sb.epoch == e).flat_map(|sb| sb.ids.clone()).collect()
+        one.iter()
+            .filter(|sb| sb.epoch == e)
+            .flat_map(|sb| sb.ids.clone())
+            .collect()
     };
     let (e0, e1) = (epoch(0), epoch(1));
     assert_ne!(e0, e1);
@@ -174,7 +189,11 @@ fn ranks_read_disjoint_shards_and_make_the_same_number_of_superbatches() {
             };
             let (sbs, _) = load(train.clone(), plan(SHARDS * PER, 2, shard)).unwrap();
             counts.push(sbs.len());
-            seen.extend(sbs.iter().filter(|s| s.epoch == 0).flat_map(|s| s.ids.clone()));
+            seen.extend(
+                sbs.iter()
+                    .filter(|s| s.epoch == 0)
+                    .flat_map(|s| s.ids.clone()),
+            );
         }
         assert!(counts.iter().all(|&c| c == counts[0]), "{counts:?}");
         let n = seen.len();
@@ -187,11 +206,22 @@ fn ranks_read_disjoint_shards_and_make_the_same_number_of_superbatches() {
     }
     let e = load(
         train,
-        plan(SHARDS * PER, 1, Shard { rank: 0, world_size: 7, uneven: Uneven::Drop }),
+        plan(
+            SHARDS * PER,
+            1,
+            Shard {
+                rank: 0,
+                world_size: 7,
+                uneven: Uneven::Drop,
+            },
+        ),
     )
     .unwrap_err()
     .to_string();
-    assert!(e.contains("6 training shards cannot be split over 7 ranks"), "{e}");
+    assert!(
+        e.contains("6 training shards cannot be split over 7 ranks"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -201,17 +231,27 @@ fn a_reader_resumes_from_a_position() {
     let c = cfg(strings(&shards), strings(&shards[..1]));
     let (train, _) = stream::open_pair(&c, 1, OnError::Fail).unwrap();
     let take = 100;
-    let start = StreamPosition { epoch: 1, ..Default::default() };
+    let start = StreamPosition {
+        epoch: 1,
+        ..Default::default()
+    };
     let mut full = train.reader(3, 0, 1, take, start).unwrap();
     let head: Vec<u64> = full.by_ref().take(37).map(|r| r.unwrap().id).collect();
     assert_eq!(head.len(), 37);
     let at = full.position();
     assert_eq!((at.epoch, at.offset), (1, 37));
     let rest: Vec<u64> = full.map(|r| r.unwrap().id).collect();
-    let resumed: Vec<u64> = train.reader(3, 0, 1, take, at).unwrap().map(|r| r.unwrap().id).collect();
+    let resumed: Vec<u64> = train
+        .reader(3, 0, 1, take, at)
+        .unwrap()
+        .map(|r| r.unwrap().id)
+        .collect();
     assert_eq!(resumed, rest);
     assert_eq!(head.len() + rest.len(), take as usize);
-    let bad = StreamPosition { shard: at.shard + 1, ..at };
+    let bad = StreamPosition {
+        shard: at.shard + 1,
+        ..at
+    };
     let e = train.reader(3, 0, 1, take, bad).err().unwrap().to_string();
     assert!(e.contains("cannot resume"), "{e}");
 }
@@ -246,7 +286,8 @@ fn damaged_shards_and_unreachable_urls_follow_on_error() {
                 let mut h = tar::Header::new_ustar();
                 h.set_size(data.len() as u64);
                 h.set_entry_type(tar::EntryType::Regular);
-                b.append_data(&mut h, format!("m/{i}.{ext}"), &data[..]).unwrap();
+                b.append_data(&mut h, format!("m/{i}.{ext}"), &data[..])
+                    .unwrap();
             }
         }
         b.finish().unwrap();
@@ -256,7 +297,10 @@ fn damaged_shards_and_unreachable_urls_follow_on_error() {
     let unreachable = "http://127.0.0.1:9/shards/nowhere.tar".to_string();
 
     let open = |extra: &str, on_error| {
-        let mut c = cfg(vec![good[1].display().to_string(), extra.to_string()], strings(&good[..1]));
+        let mut c = cfg(
+            vec![good[1].display().to_string(), extra.to_string()],
+            strings(&good[..1]),
+        );
         c.storage.retries = 0;
         c.storage.timeout_s = 2.0;
         stream::open_pair(&c, 1, on_error)
@@ -280,7 +324,11 @@ fn damaged_shards_and_unreachable_urls_follow_on_error() {
     assert!(src.problems()[0].contains("truncated.tar.gz"));
     let (src, _) = open(&unreachable, OnError::Skip).unwrap();
     assert_eq!(src.len(), PER);
-    assert!(src.problems()[0].contains(&unreachable), "{:?}", src.problems());
+    assert!(
+        src.problems()[0].contains(&unreachable),
+        "{:?}",
+        src.problems()
+    );
     // A missing label is a sample error: skipped and named, or the run stops naming it.
     let (src, _) = open(&missing_path.display().to_string(), OnError::Skip).unwrap();
     assert_eq!(src.len(), PER + 5);
@@ -296,7 +344,10 @@ fn damaged_shards_and_unreachable_urls_follow_on_error() {
     let mut p = plan(PER + 5, 2, Shard::default());
     p.on_error = OnError::Fail;
     let e = load(src, p).unwrap_err().to_string();
-    assert!(e.contains("missing-label.tar#m/3") && e.contains("no label"), "{e}");
+    assert!(
+        e.contains("missing-label.tar#m/3") && e.contains("no label"),
+        "{e}"
+    );
 }
 
 #[test]
@@ -314,9 +365,17 @@ fn parquet_shards_stream_row_groups_and_resolve_image_paths() {
                     // As `datasets` writes a table from local files: null bytes, a path.
                     let rel = format!("imgs/{s}-{i}.png");
                     std::fs::write(dir.join(&rel), png(10 * l as u8 + 1)).unwrap();
-                    ImageRow { bytes: None, path: Some(rel), label: Some(l) }
+                    ImageRow {
+                        bytes: None,
+                        path: Some(rel),
+                        label: Some(l),
+                    }
                 } else {
-                    ImageRow { bytes: Some(png(10 * l as u8 + 1)), path: None, label: Some(l) }
+                    ImageRow {
+                        bytes: Some(png(10 * l as u8 + 1)),
+                        path: None,
+                        label: Some(l),
+                    }
                 }
             })
             .collect();
@@ -327,9 +386,15 @@ fn parquet_shards_stream_row_groups_and_resolve_image_paths() {
     let mut c = StreamConfig::new(StreamFormat::Parquet, names.clone(), names[..1].to_vec());
     c.shuffle_buffer = 10;
     let (train, test) = stream::open_pair(&c, 1, OnError::Fail).unwrap();
-    assert_eq!((train.len(), test.len(), train.num_classes()), (3 * PER, PER, 3));
+    assert_eq!(
+        (train.len(), test.len(), train.num_classes()),
+        (3 * PER, PER, 3)
+    );
     assert!(train.locate(PER + 4).ends_with("train-1.parquet#4"));
-    assert_eq!(test.get(4).unwrap().image.data[0], 10 * label_of(0, 4) as u8 + 1);
+    assert_eq!(
+        test.get(4).unwrap().image.data[0],
+        10 * label_of(0, 4) as u8 + 1
+    );
     let train: Arc<dyn Source> = Arc::new(train);
     let (sbs, s) = load(train, plan(3 * PER, 2, Shard::default())).unwrap();
     assert_eq!((s.samples, s.skipped), (6 * PER as u64, 0));
@@ -345,9 +410,11 @@ fn parquet_shards_stream_row_groups_and_resolve_image_paths() {
 
 /// The Python interpreter of the project venv (`scripts/setup.sh` makes it).
 fn venv_python() -> PathBuf {
-    let venv = std::env::var_os("SALN_VENV").map(PathBuf::from).unwrap_or_else(|| {
-        PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/saln/venv")
-    });
+    let venv = std::env::var_os("SALN_VENV")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| {
+            PathBuf::from(std::env::var_os("HOME").unwrap()).join(".cache/saln/venv")
+        });
     venv.join("bin/python")
 }
 
@@ -369,7 +436,9 @@ fn python_with(module: &str) -> Option<PathBuf> {
 
 #[test]
 fn shards_written_by_pythons_webdataset_are_read() {
-    let Some(py) = python_with("webdataset") else { return };
+    let Some(py) = python_with("webdataset") else {
+        return;
+    };
     let t = tempfile::tempdir().unwrap();
     let img = t.path().join("img.png");
     std::fs::write(&img, png(42)).unwrap();
@@ -388,16 +457,28 @@ with wds.TarWriter({shard:?}) as w:
         img = img.display().to_string(),
         shard = shard.display().to_string()
     );
-    let out = std::process::Command::new(&py).args(["-c", &script]).output().unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
-    let c = cfg(vec![shard.display().to_string()], vec![shard.display().to_string()]);
+    let out = std::process::Command::new(&py)
+        .args(["-c", &script])
+        .output()
+        .unwrap();
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let c = cfg(
+        vec![shard.display().to_string()],
+        vec![shard.display().to_string()],
+    );
     let (train, test) = stream::open_pair(&c, 1, OnError::Fail).unwrap();
     assert_eq!((train.len(), train.num_classes()), (10, 4));
     for i in 0..10 {
         let s = test.get(i).unwrap();
         assert_eq!(s.label, (i % 4) as i64);
         assert_eq!(s.image.data[0], 42);
-        assert!(test.locate(i).ends_with(&format!("py-000000.tar#sample{i:04}")));
+        assert!(test
+            .locate(i)
+            .ends_with(&format!("py-000000.tar#sample{i:04}")));
     }
 }
 
@@ -415,9 +496,20 @@ impl Drop for Moto {
 }
 
 fn start_moto(py: &Path) -> Moto {
-    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
     let child = std::process::Command::new(py)
-        .args(["-m", "moto.server", "-H", "127.0.0.1", "-p", &port.to_string()])
+        .args([
+            "-m",
+            "moto.server",
+            "-H",
+            "127.0.0.1",
+            "-p",
+            &port.to_string(),
+        ])
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
         .spawn()
@@ -450,7 +542,11 @@ for f in sys.argv[1:]:
         .args(files)
         .output()
         .unwrap();
-    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 fn curate_yaml(dir: &Path, stream: &str) -> PipelineConfig {
@@ -481,17 +577,32 @@ fn exported(dir: &Path) -> Vec<(u64, bool, String)> {
 
 #[test]
 fn s3_shards_on_a_local_server_select_what_the_same_local_shards_do() {
-    let Some(py) = python_with("moto.server") else { return };
+    let Some(py) = python_with("moto.server") else {
+        return;
+    };
     let t = tempfile::tempdir().unwrap();
     let shards = write_shards(&t.path().join("shards"));
     let moto = start_moto(&py);
     upload(&py, &moto.endpoint, "data", "wds", &shards);
 
     let local = t.path().join("local");
-    let list = |v: &[PathBuf]| format!("[{}]", strings(v).iter().map(|s| format!("'{s}'")).collect::<Vec<_>>().join(", "));
+    let list = |v: &[PathBuf]| {
+        format!(
+            "[{}]",
+            strings(v)
+                .iter()
+                .map(|s| format!("'{s}'"))
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    };
     let cfg_local = curate_yaml(
         &local,
-        &format!("{{ format: webdataset, train: {}, test: {}, shuffle_buffer: 30 }}", list(&shards), list(&shards[..1])),
+        &format!(
+            "{{ format: webdataset, train: {}, test: {}, shuffle_buffer: 30 }}",
+            list(&shards),
+            list(&shards[..1])
+        ),
     );
     let r = saln::pipeline::curate(&cfg_local, Cancel::default(), None).unwrap();
     assert_eq!(r.status, saln::report::Status::Completed);
@@ -516,7 +627,11 @@ fn s3_shards_on_a_local_server_select_what_the_same_local_shards_do() {
     assert_eq!(a.len(), 2 * SHARDS * PER);
     let ids = |v: &[(u64, bool, String)]| v.iter().map(|r| (r.0, r.1)).collect::<Vec<_>>();
     assert_eq!(ids(&a), ids(&b), "same shards, same selection");
-    assert!(b[0].2.starts_with("s3://data/wds/shard-00000") && b[0].2.contains('#'), "{}", b[0].2);
+    assert!(
+        b[0].2.starts_with("s3://data/wds/shard-00000") && b[0].2.contains('#'),
+        "{}",
+        b[0].2
+    );
     let kept: BTreeMap<u64, usize> = a.iter().filter(|r| r.1).fold(BTreeMap::new(), |mut m, r| {
         *m.entry(r.0).or_default() += 1;
         m
@@ -524,10 +639,23 @@ fn s3_shards_on_a_local_server_select_what_the_same_local_shards_do() {
     assert!(!kept.is_empty());
 
     // A missing object is an error naming its URL.
-    let mut c = cfg(vec!["s3://data/wds/nothing-here.tar".into()], vec!["s3://data/wds/shard-000000.tar".into()]);
+    let mut c = cfg(
+        vec!["s3://data/wds/nothing-here.tar".into()],
+        vec!["s3://data/wds/shard-000000.tar".into()],
+    );
     c.storage.endpoint = Some(moto.endpoint.clone());
-    c.storage.options.insert("aws_access_key_id".into(), "test".into());
-    c.storage.options.insert("aws_secret_access_key".into(), "test".into());
-    let e = stream::open_pair(&c, 1, OnError::Fail).err().unwrap().to_string();
-    assert!(e.contains("s3://data/wds/nothing-here.tar") && e.contains("not found"), "{e}");
+    c.storage
+        .options
+        .insert("aws_access_key_id".into(), "test".into());
+    c.storage
+        .options
+        .insert("aws_secret_access_key".into(), "test".into());
+    let e = stream::open_pair(&c, 1, OnError::Fail)
+        .err()
+        .unwrap()
+        .to_string();
+    assert!(
+        e.contains("s3://data/wds/nothing-here.tar") && e.contains("not found"),
+        "{e}"
+    );
 }

@@ -389,7 +389,11 @@ fn shard(cfg: &PipelineConfig, out: &std::path::Path, format: &str, per_shard: u
     };
     println!(
         "source:\n  holdout: 0\n  stream:\n    format: {}\n    train: \"{}\"\n    test: \"{}\"",
-        if fmt == StreamFormat::Parquet { "parquet" } else { "webdataset" },
+        if fmt == StreamFormat::Parquet {
+            "parquet"
+        } else {
+            "webdataset"
+        },
         range("train", written[0]),
         range("test", written[1])
     );

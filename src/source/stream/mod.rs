@@ -422,7 +422,9 @@ fn catalog(shards: Vec<ShardLoc>, layout: &Layout, on_error: OnError) -> Result<
             }
         });
         out.into_iter()
-            .map(|r| r.unwrap_or_else(|| Err(Error::data("<shards>", "a counting thread panicked"))))
+            .map(|r| {
+                r.unwrap_or_else(|| Err(Error::data("<shards>", "a counting thread panicked")))
+            })
             .collect()
     };
     let mut cat = Catalog {
@@ -867,8 +869,9 @@ impl EncodedSource {
         let label = raw.label.clone().map_err(err)?;
         let bytes = match &raw.image {
             Payload::Bytes(b) => b.clone(),
-            Payload::File(p) => std::fs::read(p)
-                .map_err(|e| err(format!("cannot read `{}`: {e}", p.display())))?,
+            Payload::File(p) => {
+                std::fs::read(p).map_err(|e| err(format!("cannot read `{}`: {e}", p.display())))?
+            }
             Payload::Missing(m) => return Err(err(m.clone())),
         };
         let image = decode::decode_resized(&bytes, self.channels, size).map_err(err)?;

@@ -65,7 +65,12 @@ impl StorageConfig {
         v.check(
             self.timeout_s.is_finite() && self.timeout_s > 0.0,
             &format!("{key}.timeout_s"),
-            || format!("must be a positive number of seconds, got {}", self.timeout_s),
+            || {
+                format!(
+                    "must be a positive number of seconds, got {}",
+                    self.timeout_s
+                )
+            },
         );
         if let Some(e) = &self.endpoint {
             v.check(
@@ -228,8 +233,9 @@ fn glob_match(pattern: &[u8], name: &[u8]) -> bool {
 }
 
 fn is_url(s: &str) -> bool {
-    s.split_once("://")
-        .is_some_and(|(scheme, _)| !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric()))
+    s.split_once("://").is_some_and(|(scheme, _)| {
+        !scheme.is_empty() && scheme.chars().all(|c| c.is_ascii_alphanumeric())
+    })
 }
 
 /// The shards `specs` name, in order (braces expanded, globs matched in name order).
@@ -334,9 +340,11 @@ fn open_store(
         .endpoint
         .clone()
         .or_else(|| std::env::var("AWS_ENDPOINT_URL").ok());
-    let allow_http = cfg
-        .allow_http
-        .unwrap_or_else(|| endpoint.as_deref().is_some_and(|e| e.starts_with("http://")));
+    let allow_http = cfg.allow_http.unwrap_or_else(|| {
+        endpoint
+            .as_deref()
+            .is_some_and(|e| e.starts_with("http://"))
+    });
     let client = ClientOptions::new().with_allow_http(allow_http);
     let err = |e: object_store::Error| format!("{}: {e}", url.base);
     let store: Arc<dyn ObjectStore> = match url.scheme.as_str() {
@@ -413,9 +421,19 @@ mod tests {
     fn braces_keep_padding_and_order() {
         assert_eq!(
             expand_braces("d/{0..2}-{a,b}.tar").unwrap(),
-            ["d/0-a.tar", "d/0-b.tar", "d/1-a.tar", "d/1-b.tar", "d/2-a.tar", "d/2-b.tar"]
+            [
+                "d/0-a.tar",
+                "d/0-b.tar",
+                "d/1-a.tar",
+                "d/1-b.tar",
+                "d/2-a.tar",
+                "d/2-b.tar"
+            ]
         );
-        assert_eq!(expand_braces("x-{000009..000010}").unwrap(), ["x-000009", "x-000010"]);
+        assert_eq!(
+            expand_braces("x-{000009..000010}").unwrap(),
+            ["x-000009", "x-000010"]
+        );
         assert!(expand_braces("x-{1..").is_err());
     }
 
@@ -437,7 +455,10 @@ mod tests {
         )
         .unwrap_err()
         .to_string();
-        assert!(e.contains("source.stream.train") && e.contains("matches no files"), "{e}");
+        assert!(
+            e.contains("source.stream.train") && e.contains("matches no files"),
+            "{e}"
+        );
     }
 
     #[test]
@@ -448,7 +469,9 @@ mod tests {
         };
         let got = expand(&["s3://b/p/s-{0..1}.tar".into()], &cfg, "k").unwrap();
         assert_eq!(got[1].name(), "s3://b/p/s-1.tar");
-        let e = expand(&["ftp://h/x.tar".into()], &cfg, "k").unwrap_err().to_string();
+        let e = expand(&["ftp://h/x.tar".into()], &cfg, "k")
+            .unwrap_err()
+            .to_string();
         assert!(e.contains("ftp://") && e.contains("not supported"), "{e}");
     }
 }

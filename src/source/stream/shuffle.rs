@@ -104,7 +104,10 @@ mod tests {
         s.sort_unstable();
         assert_eq!(s, (0..100).collect::<Vec<_>>());
         // An item leaves at most `capacity - 1` places... never before it entered.
-        assert!(a.iter().enumerate().all(|(pos, &x)| (x as usize) <= pos + 7));
+        assert!(a
+            .iter()
+            .enumerate()
+            .all(|(pos, &x)| (x as usize) <= pos + 7));
         let mut pass = ShuffleBuffer::new(0, 1, 0, 0);
         assert_eq!(pass.push(5), Some(5));
     }

@@ -43,7 +43,10 @@ pub fn for_each_sample(
     let mut input = std::io::BufReader::with_capacity(1 << 16, input);
     let head = {
         use std::io::BufRead;
-        input.fill_buf().map_err(|e| format!("cannot read: {e}"))?.to_vec()
+        input
+            .fill_buf()
+            .map_err(|e| format!("cannot read: {e}"))?
+            .to_vec()
     };
     let reader: Box<dyn Read> = if is_gzip(&head) {
         Box::new(flate2::read::MultiGzDecoder::new(input))
@@ -75,7 +78,8 @@ pub fn for_each_sample(
         let (stem, ext) = name.split_once('.').unwrap_or((name, ""));
         let key = format!("{dir}{stem}");
         let ext = ext.to_ascii_lowercase();
-        let wanted = layout.image_extensions.contains(&ext) || layout.label_extensions.contains(&ext);
+        let wanted =
+            layout.image_extensions.contains(&ext) || layout.label_extensions.contains(&ext);
         let mut data = Vec::new();
         if wanted {
             entry
@@ -147,12 +151,12 @@ impl Group {
 fn parse_label(ext: &str, data: &[u8], field: &str) -> std::result::Result<i64, String> {
     let text = std::str::from_utf8(data).map_err(|_| format!("the .{ext} label is not text"))?;
     let value: i64 = if ext == "json" {
-        let v: serde_json::Value = serde_json::from_str(text)
-            .map_err(|e| format!("the .json label is not JSON: {e}"))?;
+        let v: serde_json::Value =
+            serde_json::from_str(text).map_err(|e| format!("the .json label is not JSON: {e}"))?;
         let n = match &v {
-            serde_json::Value::Object(o) => o.get(field).ok_or_else(|| {
-                format!("the .json label has no `{field}` field")
-            })?,
+            serde_json::Value::Object(o) => o
+                .get(field)
+                .ok_or_else(|| format!("the .json label has no `{field}` field"))?,
             v => v,
         };
         n.as_i64()
@@ -256,7 +260,10 @@ mod tests {
         assert_eq!(v.len(), 20);
         assert_eq!(v[5].label, Ok(2));
         let (v, r) = read(&gz[..gz.len() / 2]);
-        assert!(r.unwrap_err().contains("truncated"), "a cut gzip stream is damage");
+        assert!(
+            r.unwrap_err().contains("truncated"),
+            "a cut gzip stream is damage"
+        );
         assert!(!v.is_empty() && v.len() < 20);
         // A header that is not one.
         let mut bad = tar_bytes.clone();

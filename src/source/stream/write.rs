@@ -54,11 +54,12 @@ pub fn write_shards(
         let mut rows = Vec::with_capacity(end - start);
         for i in start..end {
             let s = source.get(i)?;
-            let png = crate::source::decode::encode(&s.image, image::ImageFormat::Png)
-                .map_err(|message| Error::Sample {
+            let png = crate::source::decode::encode(&s.image, image::ImageFormat::Png).map_err(
+                |message| Error::Sample {
                     sample: source.locate(i),
                     message,
-                })?;
+                },
+            )?;
             rows.push((format!("{:0width$}", s.id), png, s.label));
         }
         let (ext, bytes) = match format {
