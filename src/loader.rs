@@ -8,8 +8,12 @@
 //! [`Loader::into_stream`] (a `futures_core::Stream`).
 //!
 //! - **Feedback**: [`Batch::report_losses`] hands the per-sample losses of your step back
-//!   into a shared [`LossTable`] (see [`Loader::losses`]) that learner-aware selection
-//!   policies read.
+//!   into a shared [`LossTable`] (see [`Loader::losses`]). With a learner-aware policy
+//!   (`loss`, `rho-loss`, `jest`) the selection stage scores super-batches from it: the
+//!   samples with the highest reported loss (or reducible loss) are kept, samples with no
+//!   loss yet first. Report each batch before asking for the one `snapshot_lag + 1` after
+//!   it; the selection is then a function of the seed and the losses you report
+//!   ([`crate::select::feedback`] has the rules).
 //! - **Export**: with an `export:` section (or [`LoaderBuilder::export`]) every curated
 //!   super-batch you receive is also written as Parquet rows (see [`crate::export`]).
 //! - **Shutdown**: dropping the loader, even mid-epoch, cancels every stage, closes the
@@ -111,7 +115,10 @@ impl Batch {
 
     /// Hands the per-sample losses of this batch back to the pipeline: `losses` is `[n]`
     /// (any float dtype, any device, gradients ignored), in the order of `ids`. Errors when
-    /// the count differs or a loss is not finite (naming the sample); nothing is stored then.
+    /// the count differs or a loss is not finite (naming the sample), and, when a
+    /// learner-aware policy reads the losses, when this batch was reported already or the
+    /// loop has asked for the batch `selection.snapshot_lag + 1` after it; nothing is
+    /// stored then.
     pub fn report_losses(&self, losses: &Tensor) -> Result<()> {
         let v = Vec::<f32>::try_from(
             losses
@@ -261,7 +268,8 @@ impl LoaderBuilder {
     pub fn build(self) -> Result<Loader> {
         let cfg = self.cfg;
         let cancel = Cancel::default();
-        let mut launch = Launch::new(&cfg).prepare_export();
+        let losses = Arc::new(LossTable::default());
+        let mut launch = Launch::new(&cfg).prepare_export().feedback(losses.clone());
         if let Some(src) = self.source {
             let classes = src.num_classes();
             launch = launch.data(Arc::new(DataSet {
@@ -430,6 +438,9 @@ impl Loader {
     /// The next item, waiting for it asynchronously; `None` at the end. After an error
     /// (yielded once) the loader is stopped and yields `None`.
     pub async fn recv(&mut self) -> Option<Result<Item>> {
+        // Asking for the next batch settles the unreported ones far enough behind it
+        // (`select::feedback`).
+        self.losses.asked(self.step);
         let msg = self.rx.as_mut()?.recv().await;
         let Some(msg) = msg else {
             return self.end(false);
@@ -503,6 +514,7 @@ impl Iterator for Loader {
     /// The next item, blocking until it is ready; `None` at the end. Do not call from
     /// inside an async runtime (use [`Loader::recv`] there).
     fn next(&mut self) -> Option<Result<Item>> {
+        self.losses.asked(self.step);
         let msg = self.rx.as_mut()?.blocking_recv();
         let Some(msg) = msg else {
             return self.end(false);

@@ -115,6 +115,27 @@ pub struct Provenance {
     pub config_json: String,
 }
 
+/// The key/value metadata of every file of an export: `saln.version`, `saln.policy`,
+/// `saln.rule`, `saln.weights`, `saln.keep_ratio`, `saln.seed` and `saln.config` (the
+/// run's whole configuration as JSON); `docs/parquet-schema.md`. `saln.ray.write_parquet`
+/// writes the same.
+pub fn metadata(run: &Provenance) -> Vec<KeyValue> {
+    let sel = &run.selection;
+    let weights = serde_json::to_value(sel.weights)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    vec![
+        KeyValue::new("saln.version".into(), env!("CARGO_PKG_VERSION").to_string()),
+        KeyValue::new("saln.policy".into(), sel.policy.name().to_string()),
+        KeyValue::new("saln.rule".into(), sel.rule.name().to_string()),
+        KeyValue::new("saln.weights".into(), weights),
+        KeyValue::new("saln.keep_ratio".into(), sel.keep_ratio.to_string()),
+        KeyValue::new("saln.seed".into(), run.seed.to_string()),
+        KeyValue::new("saln.config".into(), run.config_json.clone()),
+    ]
+}
+
 /// The rank of each sample in the order the selection prefers it (one definition, in
 /// `select`, shared with the selection rules).
 pub use crate::select::ranks;
@@ -252,19 +273,7 @@ impl Exporter {
     pub fn new(cfg: &ExportConfig, run: &Provenance, source: Arc<dyn Source>) -> Result<Exporter> {
         let sel = &run.selection;
         let policy_name = sel.policy.name().to_string();
-        let weights = serde_json::to_value(sel.weights)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        let meta = vec![
-            KeyValue::new("saln.version".into(), env!("CARGO_PKG_VERSION").to_string()),
-            KeyValue::new("saln.policy".into(), policy_name.clone()),
-            KeyValue::new("saln.rule".into(), sel.rule.name().to_string()),
-            KeyValue::new("saln.weights".into(), weights),
-            KeyValue::new("saln.keep_ratio".into(), sel.keep_ratio.to_string()),
-            KeyValue::new("saln.seed".into(), run.seed.to_string()),
-            KeyValue::new("saln.config".into(), run.config_json.clone()),
-        ];
+        let meta = metadata(run);
         let props = writer::properties(cfg.zstd_level, cfg.row_group_rows, meta)
             .map_err(|e| Error::config("export.zstd_level", e))?;
         Ok(Exporter {

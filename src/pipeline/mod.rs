@@ -27,9 +27,9 @@ use crate::batch::{run_loader, superbatches_per_epoch, LoaderSummary};
 use crate::config::{ExportConfig, PipelineConfig};
 use crate::error::{Error, Result};
 use crate::export::{ExportStage, Exporter};
-use crate::extract::{run_extract, Extractor};
+use crate::extract::{run_extract, Extractor, Learner};
 use crate::report::{DataReport, Report};
-use crate::select::feedback::LossTable;
+use crate::select::feedback::{FeedbackReader, LossTable};
 use crate::select::learner::{LearnerScorer, Publisher, SnapshotBoard};
 use crate::select::outcome::{RecordMode, SelectionStats, SubBatch};
 use crate::select::Selector;
@@ -143,12 +143,15 @@ impl Curation {
         Launch::new(cfg).data(data).learner(board).start(cancel)
     }
 
-    /// Starts the loader and extract stages on `data`; the configuration was checked.
+    /// Starts the loader and extract stages on `data`; the configuration was checked. The
+    /// learner-aware policies score with the trainer's weights on `board`, or else with the
+    /// losses a loader's loop reports into `feedback`.
     fn start_stages(
         cfg: &PipelineConfig,
         data: Arc<DataSet>,
         cancel: Cancel,
         board: Option<Arc<SnapshotBoard>>,
+        feedback: Option<Arc<LossTable>>,
     ) -> Result<Curation> {
         set_torch_threads(cfg.torch_threads);
         let device = cfg.device();
@@ -170,9 +173,9 @@ impl Curation {
         } else {
             None
         };
-        let learner = match (policy.needs_learner(), board) {
-            (false, _) => None,
-            (true, Some(board)) => Some(LearnerScorer::new(
+        let learner = match (policy.needs_learner(), board, &feedback) {
+            (false, _, _) => None,
+            (true, Some(board), _) => Some(Learner::Weights(LearnerScorer::new(
                 &cfg.trainer.arch,
                 shape,
                 classes,
@@ -181,16 +184,22 @@ impl Curation {
                 cfg.selection.refresh_every,
                 cfg.selection.snapshot_lag,
                 cfg.extractor.micro_batch,
-            )),
-            (true, None) => {
+            ))),
+            (true, None, Some(table)) => Some(Learner::Reported {
+                reader: FeedbackReader::new(table.clone(), cfg.selection.snapshot_lag),
+                micro_batch: cfg.extractor.micro_batch,
+            }),
+            (true, None, None) => {
                 return Err(Error::config(
                     "selection.policy",
-                    "this policy scores samples with the learner's weights, which only a \
-                     training run (`saln-pipe run`, pipeline::run) has; use saln, uniform or \
-                     none to curate without a trainer",
+                    "this policy scores samples by the learner's losses: a training run \
+                     (`saln-pipe run`) takes them from its trainer, a loader (saln::loader, \
+                     saln.Loader) from the losses its loop reports; `curate` has neither, use \
+                     saln, uniform or none",
                 ))
             }
         };
+        let losses = feedback.unwrap_or_default();
         let stats = vec![
             Arc::new(StageStats::with_threads("loader", cfg.augment.workers)),
             Arc::new(StageStats::new("extract")),
@@ -232,7 +241,7 @@ impl Curation {
                 },
                 stats,
                 cancel,
-                losses: Arc::new(LossTable::default()),
+                losses,
                 loader,
                 extract,
             },
@@ -253,7 +262,8 @@ pub struct CurationHandle {
     pub stats: Vec<Arc<StageStats>>,
     /// The run's cancellation flag.
     pub cancel: Cancel,
-    /// Learner losses handed back by a training loop (the loader API's feedback, for learner-aware policies to read).
+    /// Learner losses handed back by a training loop (the loader API's feedback, which the
+    /// learner-aware policies read in a loader run).
     pub losses: Arc<LossTable>,
     loader: JoinHandle<Result<LoaderSummary>>,
     extract: JoinHandle<Result<SelectionStats>>,
@@ -271,6 +281,7 @@ pub struct Launch<'a> {
     cfg: &'a PipelineConfig,
     data: Option<Arc<DataSet>>,
     board: Option<Arc<SnapshotBoard>>,
+    feedback: Option<Arc<LossTable>>,
     prepare_export: bool,
 }
 
@@ -281,6 +292,7 @@ impl<'a> Launch<'a> {
             cfg,
             data: None,
             board: None,
+            feedback: None,
             prepare_export: false,
         }
     }
@@ -294,6 +306,14 @@ impl<'a> Launch<'a> {
     /// The board the trainer publishes its weights on (learner-aware policies need one).
     pub fn learner(mut self, board: Option<Arc<SnapshotBoard>>) -> Self {
         self.board = board;
+        self
+    }
+
+    /// The loss table a loader's training loop reports into: without a trainer's `board`,
+    /// the learner-aware policies score from it (`select::feedback`). It becomes the
+    /// handle's `losses`.
+    pub fn feedback(mut self, losses: Arc<LossTable>) -> Self {
+        self.feedback = Some(losses);
         self
     }
 
@@ -315,7 +335,7 @@ impl<'a> Launch<'a> {
             Some(d) => d,
             None => Arc::new(source::open(&cfg.source)?),
         };
-        Curation::start_stages(cfg, data, cancel, self.board)
+        Curation::start_stages(cfg, data, cancel, self.board, self.feedback)
     }
 }
 

@@ -414,7 +414,7 @@ impl LearnerScorer {
 
 /// Cross-entropy of each sample: `logits(x)` `[m, K]` per micro-batch of `micro` images,
 /// against `labels` `[n]` -> `[n]` float32.
-fn per_sample_loss(
+pub(crate) fn per_sample_loss(
     logits: impl Fn(&Tensor) -> Result<Tensor>,
     images: &Tensor,
     labels: &Tensor,

@@ -385,6 +385,32 @@ impl Selector {
         out.seconds = start.elapsed().as_secs_f64();
         Ok(out)
     }
+
+    /// Selects from a super-batch scored by per-sample `losses` (`loss`, `rho-loss`,
+    /// `jest`), as [`Selector::select`] does from the `[n, 2]` tensor, here assembled by the
+    /// caller: a loader's reported losses ([`feedback`]), where a learner loss is `+inf`
+    /// for a sample with none yet. The losses are checked ([`baselines::Losses::check`]).
+    pub fn select_losses(
+        &self,
+        n: usize,
+        losses: &baselines::Losses,
+        superbatch: u64,
+        progress: f64,
+    ) -> Result<Selection> {
+        let start = Instant::now();
+        if !self.cfg.policy.needs_learner() {
+            return Err(Error::Selection {
+                superbatch,
+                message: format!("policy {} does not score losses", self.cfg.policy.name()),
+            });
+        }
+        losses.check(n).map_err(|e| e.at(superbatch))?;
+        let rho = self.cfg.schedule.keep_ratio(self.cfg.keep_ratio, progress);
+        let mut out = baselines::select_from(&self.cfg, keep_count(n, rho), losses, superbatch)?;
+        out.keep_ratio = rho;
+        out.seconds = start.elapsed().as_secs_f64();
+        Ok(out)
+    }
 }
 
 // ---- configuration ----

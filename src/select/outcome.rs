@@ -5,6 +5,7 @@
 //! (which runs the selector on its features) and every stage after it use them.
 use tch::Tensor;
 
+use super::feedback::FeedbackStats;
 use super::learner::LearnerStats;
 use super::Selection;
 
@@ -101,6 +102,10 @@ pub struct SelectionStats {
     /// learner's and the reference model's forward passes (snapshot waits excluded).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub learner: Option<LearnerStats>,
+    /// The learner-aware policies in a loader run: how the losses the loop reported scored
+    /// super-batches (`select::feedback`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<FeedbackStats>,
 }
 
 #[derive(Default)]
@@ -177,6 +182,7 @@ impl Acc {
             },
             kept_digest: format!("{:016x}", self.digest),
             learner: None,
+            feedback: None,
         }
     }
 }
