@@ -229,6 +229,9 @@ def write_parquet(ds: Any, path: str | os.PathLike, **kwargs: Any) -> None:
         schema = export_schema(dim, metadata or None)
         return t.select(schema.names).cast(schema)
 
+    # pyarrow would name the list items of ``features`` `element` (Parquet's compliant
+    # nesting); saln's files, written by arrow-rs, keep Arrow's `item`.
+    kwargs.setdefault("use_compliant_nested_type", False)
     ds.map_batches(cast, batch_format="pyarrow", batch_size=None).write_parquet(
         os.fspath(path), **kwargs
     )

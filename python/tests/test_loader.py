@@ -130,8 +130,9 @@ def test_losses_reported_from_python_decide_what_the_loss_policy_keeps(fmnist):
     with saln.Loader(yaml) as loader:
         opposite = _kept_by_epoch(loader, lambda i: 1.0 if hard(i) else 100.0)
 
-    every = set(range(1024))
+    every = set().union(*steered)  # the 1024 samples `limit` drew
     hard_ids = {i for i in every if hard(i)}
+    assert len(every) == 1024 and len(hard_ids) > 150
     # Samples with no loss yet come first: by the third epoch every sample was trained on.
     assert set(steered[0]) | set(steered[1]) | set(steered[2]) == every
     # Then the samples reported hard are kept, all of them, in the last epoch ...
