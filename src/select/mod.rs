@@ -9,7 +9,7 @@
 //! | [`learner`] | the learner's weights in the extract stage: snapshots, staleness |
 //! | [`schedule`] | the keep ratio over training (constant, linear, cosine, step) |
 //! | [`bench`] | `saln-pipe bench selection`: dense vs iterative, time and agreement |
-//! | [`feedback`] | per-sample learner losses handed back by a training loop |
+//! | [`feedback`] | per-sample learner losses handed back by a loader's training loop, and the reader that scores with them |
 //!
 //! Policies ([`Policy`]): `saln` (spectral, label- and learner-free), `uniform` (b of B at
 //! random: the baseline any selection must beat at equal compute), `none` (everything;
@@ -149,8 +149,9 @@ impl Policy {
         matches!(self, Policy::Saln)
     }
 
-    /// Whether the policy scores samples with the learner's current weights (the extract
-    /// stage then keeps a snapshot of them, [`learner`]).
+    /// Whether the policy scores samples by the learner's losses: with snapshots of the
+    /// trainer's weights in a training run ([`learner`]), with the losses a loader's loop
+    /// reports in a loader run ([`feedback`]).
     pub fn needs_learner(self) -> bool {
         matches!(self, Policy::Loss | Policy::RhoLoss | Policy::Jest)
     }
