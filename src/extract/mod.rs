@@ -104,7 +104,7 @@ impl Extractor {
 pub enum Learner {
     /// A training run: the extract stage's copy of the trainer's weights
     /// ([`crate::select::learner`]).
-    Weights(LearnerScorer),
+    Weights(Box<LearnerScorer>),
     /// A loader run: the losses the caller's training loop reported
     /// ([`crate::select::feedback`]); `micro_batch` bounds the reference model's passes.
     Reported {

@@ -175,7 +175,7 @@ impl Curation {
         };
         let learner = match (policy.needs_learner(), board, &feedback) {
             (false, _, _) => None,
-            (true, Some(board), _) => Some(Learner::Weights(LearnerScorer::new(
+            (true, Some(board), _) => Some(Learner::Weights(Box::new(LearnerScorer::new(
                 &cfg.trainer.arch,
                 shape,
                 classes,
@@ -184,7 +184,7 @@ impl Curation {
                 cfg.selection.refresh_every,
                 cfg.selection.snapshot_lag,
                 cfg.extractor.micro_batch,
-            ))),
+            )))),
             (true, None, Some(table)) => Some(Learner::Reported {
                 reader: FeedbackReader::new(table.clone(), cfg.selection.snapshot_lag),
                 micro_batch: cfg.extractor.micro_batch,

@@ -404,7 +404,7 @@ fn reported_losses_decide_what_the_loss_policy_keeps() {
                 .iter()
                 .filter(|(s, _, kept)| *s + lag < *step && kept.contains(&r.sample_id))
                 .map(|(s, _, _)| reported_loss(r.sample_id, *s))
-                .last();
+                .next_back();
             want_scores.push(seen.unwrap_or(f32::INFINITY));
         }
         let got: Vec<f32> = sb.iter().map(|r| r.score).collect();
