@@ -181,8 +181,8 @@ fn pieces(page: &Page) -> Vec<Piece> {
             text.push('\n');
             continue;
         }
-        let bases: Vec<PathBuf> = if t.starts_with('|') {
-            let first = t[1..].split('|').next().unwrap_or("");
+        let bases: Vec<PathBuf> = if let Some(row) = t.strip_prefix('|') {
+            let first = row.split('|').next().unwrap_or("");
             code_spans(first)
                 .into_iter()
                 .filter(|s| s.ends_with('/'))
@@ -414,7 +414,8 @@ fn words_after<'a>(line: &'a str, word: &str) -> Vec<Vec<&'a str>> {
     let toks: Vec<&str> = line.split_whitespace().collect();
     let mut out = Vec::new();
     for (k, t) in toks.iter().enumerate() {
-        if *t == word {
+        // `target/release/saln-pipe run ...` is `saln-pipe run ...` too.
+        if *t == word || t.ends_with(&format!("/{word}")) {
             let rest: Vec<&str> = toks[k + 1..]
                 .iter()
                 .take_while(|t| {
