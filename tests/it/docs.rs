@@ -332,9 +332,11 @@ fn check_path(page: &Page, line: usize, s: &str, bases: &[PathBuf], problems: &m
         return;
     }
     let dir = page.path.parent().unwrap_or(Path::new(""));
+    // A table row's folders are relative to the root or to the page, as any path.
     let found = [PathBuf::new(), dir.to_path_buf()]
         .iter()
-        .chain(bases)
+        .cloned()
+        .chain(bases.iter().flat_map(|b| [b.clone(), dir.join(b)]))
         .any(|b| exists(&root().join(b).join(s)));
     let exempt = NOT_IN_THE_REPOSITORY
         .iter()
@@ -609,11 +611,14 @@ fn check_pages(pages: &[Page]) -> Vec<String> {
                                 let at = format!("{}:{}", page.path.display(), line + 1 + k);
                                 let l = l.trim_start_matches("$ ");
                                 check_command_line(l, &at, &targets, &mut problems);
+                                // Words inside quotes are arguments (a sed script), not paths.
+                                let mut quoted = false;
                                 for w in l.split_whitespace().take_while(|w| !w.starts_with('#')) {
-                                    let w = w
-                                        .trim_start_matches(|c| "(\"'".contains(c))
-                                        .trim_end_matches(|c| ")\"';".contains(c));
-                                    if path_like(w, false) && !w.contains('=') {
+                                    let quotes = w.matches(['\'', '"']).count();
+                                    let skip = quoted || quotes > 0;
+                                    quoted ^= quotes % 2 == 1;
+                                    let w = w.trim_start_matches('(').trim_end_matches([')', ';']);
+                                    if !skip && path_like(w, false) && !w.contains('=') {
                                         check_path(page, line + 1 + k, w, &[], &mut problems);
                                     }
                                 }
