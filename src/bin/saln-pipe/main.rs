@@ -3,110 +3,27 @@
 //! Exit codes: 0 success; 1 the run failed (a stage error, named in the message);
 //! 2 the configuration or the command line is invalid; 130 cancelled by Ctrl-C or SIGTERM
 //! (the report of what completed is still written).
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use saln::config::PipelineConfig;
 use saln::pipeline::{self, Cancel};
 use saln::report::{Report, Status};
 
+mod bench;
+mod cli;
 mod eval;
 mod progress;
 
-mod bench;
+use cli::{BenchWhat, Cli, Command};
 
 // The decode workers allocate and free image-sized buffers (0.5 MB each) at a high rate;
 // glibc's malloc hands such blocks back to the kernel and faults them in again, which cost
 // a third of the loader's CPU time in measurements. mimalloc keeps them.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-#[derive(Parser)]
-#[command(
-    name = "saln-pipe",
-    version,
-    about = "Spectral joint batch selection (SALN): curate super-batches, train on the informative part"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run a pipeline: load, augment, extract features, select, train, evaluate, report.
-    /// A pipeline with a `loader_only:` block runs the input side alone and reports images/s.
-    Run {
-        /// The pipeline YAML.
-        config: PathBuf,
-        /// Override the config's seed.
-        #[arg(long)]
-        seed: Option<u64>,
-        /// Override the report path.
-        #[arg(long)]
-        report: Option<PathBuf>,
-    },
-    /// Train the reference (feature) model on the held-out split and save its weights.
-    Pretrain {
-        /// The pipeline YAML (its `extractor` section says where the weights go).
-        config: PathBuf,
-        /// Retrain even if the weights file exists.
-        #[arg(long)]
-        force: bool,
-    },
-    /// Curate without training: select from every super-batch and write the selection as
-    /// Parquet (the config's `export` section; see docs/parquet-schema.md).
-    Curate {
-        /// The pipeline YAML.
-        config: PathBuf,
-        /// Write the Parquet files to this folder (overrides or adds `export.dir`).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Replace an earlier export in the folder.
-        #[arg(long)]
-        overwrite: bool,
-        /// Override the report path.
-        #[arg(long)]
-        report: Option<PathBuf>,
-    },
-    /// Check a pipeline YAML (or an eval YAML) and report every problem.
-    Validate {
-        /// The pipeline YAML.
-        config: PathBuf,
-    },
-    /// Run an evaluation grid (policies x keep ratios x seeds) and write its table and plots
-    /// (docs/evaluation.md). Runs whose report exists are not run again.
-    Eval {
-        /// The eval YAML: a `pipeline:` and a `grid:`.
-        config: PathBuf,
-    },
-    /// Draw one super-batch: its images with the kept ones framed, and its samples on the
-    /// 2nd and 3rd Laplacian eigenvectors coloured by label.
-    Viz {
-        /// The pipeline YAML.
-        config: PathBuf,
-        /// Global index of the super-batch (0-based, counted across epochs).
-        #[arg(long, default_value_t = 0)]
-        superbatch: u64,
-        /// Folder for the two PNGs.
-        #[arg(long, default_value = "target/saln/viz")]
-        out: PathBuf,
-    },
-    /// Measure a stage on synthetic input and print a table.
-    Bench {
-        #[command(subcommand)]
-        what: BenchWhat,
-    },
-}
-
-#[derive(Subcommand)]
-enum BenchWhat {
-    /// Dense vs iterative Fiedler solver: time, speed-up and agreement per B and d.
-    Selection(bench::SelectionArgs),
-}
 
 fn load(path: &std::path::Path) -> Result<PipelineConfig, ExitCode> {
     PipelineConfig::load(path).map_err(|e| {
