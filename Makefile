@@ -12,7 +12,7 @@ CARGO ?= cargo
 PIPELINE ?= pipelines/fashion-mnist.yaml
 BIN := target/release/saln-pipe
 
-.PHONY: all setup build demo test bench bench-loader lint fixtures eval gpu-prepare python test-python bench-python
+.PHONY: all setup build demo test bench bench-loader lint fixtures eval eval-resnet gpu-prepare python test-python bench-python
 
 all: build
 
@@ -30,6 +30,10 @@ demo: build
 EVAL ?= pipelines/eval-fashion-mnist.yaml
 eval: build
 	$(BIN) eval $(EVAL)
+
+# Issue 15's grid: a ResNet-18 learner (docs/learners.md), about 3 hours on 2 cores.
+eval-resnet: build
+	$(BIN) eval pipelines/eval-fashion-mnist-resnet.yaml
 
 # Benchmarks that print figures (ratios against a baseline measured in the same run).
 bench: build

@@ -282,6 +282,24 @@ impl PipelineConfig {
                 ),
             );
         }
+        if policy.needs_learner()
+            && !self
+                .trainer
+                .learner_spec()
+                .is_ok_and(|s| s.state_in_var_store())
+        {
+            if self.trainer.model == crate::model::learner::LearnerKind::Torchscript {
+                v.at(
+                    "selection.policy",
+                    format!(
+                        "{} scores samples with snapshots of the learner, and a TorchScript \
+                         learner's buffers (batch-norm statistics) cannot be copied into one; \
+                         use trainer.model: cnn or resnet with this policy",
+                        policy.name()
+                    ),
+                );
+            }
+        }
     }
 
     /// Checks that need the machine: the configured device exists; the extractor's model
@@ -297,11 +315,14 @@ impl PipelineConfig {
                 });
             }
         }
+        let mut issues = Issues::default();
         if self.selection.policy.needs_reference() {
-            let mut issues = Issues::default();
             self.extractor.check_resources(self.device(), &mut issues);
-            v.extend(issues.0);
         }
+        if let Ok(spec) = self.trainer.learner_spec() {
+            spec.check_resources(&mut issues);
+        }
+        v.extend(issues.0);
         v
     }
 

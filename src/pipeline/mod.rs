@@ -176,7 +176,7 @@ impl Curation {
         let learner = match (policy.needs_learner(), board, &feedback) {
             (false, _, _) => None,
             (true, Some(board), _) => Some(Learner::Weights(Box::new(LearnerScorer::new(
-                &cfg.trainer.arch,
+                &cfg.trainer.learner_spec()?,
                 shape,
                 classes,
                 device,
@@ -184,7 +184,7 @@ impl Curation {
                 cfg.selection.refresh_every,
                 cfg.selection.snapshot_lag,
                 cfg.extractor.micro_batch,
-            )))),
+            )?))),
             (true, None, Some(table)) => Some(Learner::Reported {
                 reader: FeedbackReader::new(table.clone(), cfg.selection.snapshot_lag),
                 micro_batch: cfg.extractor.micro_batch,
@@ -443,7 +443,13 @@ fn train_run(
         let (st, c, obs) = (train_stats, cancel.clone(), observer.clone());
         spawn_stage("train", &cancel, move || {
             let on_epoch = move |r: &EpochRecord| obs(&Event::Epoch(r.clone()));
-            run_train(&mut trainer, sub_rx, &st, &c, start, &on_epoch)
+            let records = run_train(&mut trainer, sub_rx, &st, &c, start, &on_epoch)?;
+            // `trainer.save`: the trained learner, once the run has finished (not when
+            // cancelled: a half-trained learner under the final name would mislead).
+            if !c.is_cancelled() {
+                trainer.save()?;
+            }
+            Ok(records)
         })?
     };
     let total_samples = (info.split.learner.len() * cfg.trainer.epochs) as u64;

@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::model::{Cnn, CnnArch};
+use crate::model::learner::{Learner, LearnerSpec};
 use crate::stage::Cancel;
 
 /// The reference model's logits of a micro-batch `[m, C, H, W]` -> `[m, K]` (the extract
@@ -290,8 +290,7 @@ pub struct LearnerStats {
 /// The extract stage's copy of the learner: it computes per-sample losses of super-batches
 /// with the snapshot [`snapshot_step`] prescribes.
 pub struct LearnerScorer {
-    vs: nn::VarStore,
-    model: Cnn,
+    learner: Learner,
     board: Arc<SnapshotBoard>,
     every: u64,
     lag: u64,
@@ -314,14 +313,15 @@ pub struct Scored {
 }
 
 impl LearnerScorer {
-    /// A learner of `arch` for `shape` `(C, H, W)` images and `classes` classes on `device`
-    /// (the trainer's), fed from `board`, refreshed every `every` steps with `lag`.
-    /// Its initial weights are never used (every score waits for a snapshot); they are
-    /// drawn under [`crate::model::seeded`] so that making them does not disturb another
-    /// model's seeded initialisation.
+    /// A learner of `spec` for `shape` `(C, H, W)` images and `classes` classes on `device`
+    /// (the trainer's), in evaluation mode, fed from `board`, refreshed every `every` steps
+    /// with `lag`. Its initial weights are never used (every score waits for a snapshot);
+    /// they are drawn under [`crate::model::seeded`] so that making them does not disturb
+    /// another model's seeded initialisation. A snapshot holds every variable, a ResNet's
+    /// batch-norm running statistics included.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        arch: &CnnArch,
+        spec: &LearnerSpec,
         shape: (usize, usize, usize),
         classes: usize,
         device: Device,
@@ -329,16 +329,12 @@ impl LearnerScorer {
         every: u64,
         lag: u64,
         micro_batch: usize,
-    ) -> LearnerScorer {
-        let (mut vs, model) = crate::model::seeded(0, || {
-            let vs = nn::VarStore::new(device);
-            let model = Cnn::new(&vs.root(), arch, shape, classes);
-            (vs, model)
-        });
-        vs.freeze();
-        LearnerScorer {
-            vs,
-            model,
+    ) -> Result<LearnerScorer> {
+        let mut learner = Learner::build(spec, shape, classes, 0, device)?;
+        learner.freeze();
+        learner.set_train(false)?;
+        Ok(LearnerScorer {
+            learner,
             board,
             every: every.max(1),
             lag,
@@ -352,7 +348,7 @@ impl LearnerScorer {
                 snapshot_lag: lag,
                 ..Default::default()
             },
-        }
+        })
     }
 
     /// Per-sample losses of `images` (`[n, C, H, W]` float32 on the device) against
@@ -376,7 +372,7 @@ impl LearnerScorer {
                 return Ok(None);
             };
             waited = t.elapsed().as_secs_f64();
-            snapshot.load_into(&self.vs)?;
+            snapshot.load_into(self.learner.var_store())?;
             self.loaded = Some(step);
             self.stats.refreshes += 1;
             self.stats.wait_seconds += waited;
@@ -390,7 +386,12 @@ impl LearnerScorer {
         self.stats.max_staleness_at_scoring = self.stats.max_staleness_at_scoring.max(stale_now);
 
         let _guard = tch::no_grad_guard();
-        let learner = per_sample_loss(|x| self.model.logits(x), images, labels, self.micro_batch)?;
+        let learner = per_sample_loss(
+            |x| self.learner.forward(x),
+            images,
+            labels,
+            self.micro_batch,
+        )?;
         let reference = match reference {
             Some(r) => per_sample_loss(r, images, labels, self.micro_batch)?,
             None => learner.f_zeros_like()?,
@@ -440,6 +441,7 @@ pub(crate) fn per_sample_loss(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Cnn, CnnArch};
 
     fn learner(seed: u64) -> (nn::VarStore, Cnn) {
         let arch = CnnArch {

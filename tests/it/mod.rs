@@ -4,5 +4,6 @@ pub mod common;
 pub mod docs;
 pub mod eval;
 pub mod layering;
+pub mod learners;
 pub mod pipeline;
 pub mod within;
