@@ -4,12 +4,19 @@
 //! Each sub-batch is one Adam step, so with `keep_ratio = 0.25` and `B = 256` the learner
 //! takes steps of 64 samples; with the `none` policy, steps of 256. The learner's
 //! initialisation comes from the run seed.
+//!
+//! The optimizer is Adam written out here (the update of `torch.optim.Adam`, betas 0.9 /
+//! 0.999, eps 1e-8) rather than tch's, because a checkpoint must hold its moment estimates
+//! and tch gives no access to them ([`Trainer::state_tensors`], [`Trainer::restore`]).
+//! Nothing in the learner draws random numbers after initialisation (no dropout), so
+//! weights + moments + step count are its whole state: a run resumed from them takes
+//! exactly the steps the uninterrupted run takes.
 use crate::error::Issues;
 use serde::Deserialize;
 use std::time::Instant;
 
 use serde::Serialize;
-use tch::nn::{self, OptimizerConfig};
+use tch::nn;
 use tch::{Device, Kind, Tensor};
 
 use crate::augment::Augmenter;
@@ -20,7 +27,7 @@ use crate::source::{OnError, Source};
 use crate::stage::{Cancel, Msg, StageStats};
 
 /// One epoch's figures, as printed and reported.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EpochRecord {
     /// Epoch (1-based, as printed).
     pub epoch: usize,
@@ -150,7 +157,7 @@ pub fn evaluate(model: &Cnn, x: &Tensor, y: &Tensor, batch: usize) -> Result<f64
 pub struct Trainer {
     vs: nn::VarStore,
     model: Cnn,
-    opt: nn::Optimizer,
+    adam: Adam,
     test_x: Tensor,
     test_y: Tensor,
     eval_batch: usize,
@@ -179,11 +186,11 @@ impl Trainer {
             let model = Cnn::new(&vs.root(), &cfg.arch, shape, classes);
             (vs, model)
         });
-        let opt = nn::Adam::default().build(&vs, cfg.lr)?;
+        let adam = Adam::new(&vs)?;
         Ok(Trainer {
             vs,
             model,
-            opt,
+            adam,
             test_x: test.0,
             test_y: test.1,
             eval_batch: cfg.eval_batch.max(1),
@@ -213,11 +220,11 @@ impl Trainer {
     /// One optimizer step on `images` `[b, C, H, W]`, `labels` `[b]`; returns the loss.
     pub fn step(&mut self, images: &Tensor, labels: &Tensor) -> Result<f64> {
         let loss = cross_entropy(&self.model.logits(images)?, labels)?;
-        self.opt.set_lr(self.current_lr());
+        let lr = self.current_lr();
         self.steps += 1;
-        self.opt.zero_grad();
+        self.adam.zero_grad()?;
         loss.f_backward()?;
-        self.opt.step();
+        self.adam.step(lr)?;
         if let Some(p) = &self.publisher {
             p.after_step(self.steps, &self.vs)?;
         }
@@ -238,10 +245,183 @@ impl Trainer {
     pub fn var_store(&self) -> &nn::VarStore {
         &self.vs
     }
+
+    /// The snapshot publisher, when one is attached ([`Trainer::publish_to`]).
+    pub fn publisher(&self) -> Option<&crate::select::learner::Publisher> {
+        self.publisher.as_ref()
+    }
+
+    /// Optimizer steps taken.
+    pub fn steps(&self) -> u64 {
+        self.steps
+    }
+
+    /// Everything a checkpoint needs of the learner besides [`Trainer::steps`]: every
+    /// variable (`param/NAME`) and Adam's two moment estimates (`adam_m/NAME`,
+    /// `adam_v/NAME`), in name order, as CPU tensors.
+    pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let _guard = tch::no_grad_guard();
+        let mut out = Vec::new();
+        for (i, (name, p)) in self.adam.params.iter().enumerate() {
+            out.push((format!("param/{name}"), p.f_to_device(Device::Cpu)?.f_contiguous()?));
+            out.push((format!("adam_m/{name}"), self.adam.m[i].f_to_device(Device::Cpu)?.f_contiguous()?));
+            out.push((format!("adam_v/{name}"), self.adam.v[i].f_to_device(Device::Cpu)?.f_contiguous()?));
+        }
+        Ok(out)
+    }
+
+    /// Puts back a state saved by [`Trainer::state_tensors`] after `steps` steps. Every
+    /// tensor must be there with its shape; the snapshot publisher (if any) is attached
+    /// afterwards with [`Trainer::publish_to`].
+    pub fn restore(&mut self, tensors: &[(String, Tensor)], steps: u64) -> Result<()> {
+        let _guard = tch::no_grad_guard();
+        let find = |key: String| -> Result<&Tensor> {
+            tensors
+                .iter()
+                .find(|(n, _)| *n == key)
+                .map(|(_, t)| t)
+                .ok_or_else(|| Error::Data {
+                    path: "checkpoint".into(),
+                    message: format!("the learner state has no tensor `{key}`"),
+                })
+        };
+        for (i, (name, p)) in self.adam.params.iter_mut().enumerate() {
+            for (key, dst) in [
+                (format!("param/{name}"), &mut *p),
+                (format!("adam_m/{name}"), &mut self.adam.m[i]),
+                (format!("adam_v/{name}"), &mut self.adam.v[i]),
+            ] {
+                let src = find(key.clone())?;
+                if src.size() != dst.size() {
+                    return Err(Error::Data {
+                        path: "checkpoint".into(),
+                        message: format!(
+                            "tensor `{key}` has shape {:?}, the learner's is {:?} (was `trainer.arch` changed?)",
+                            src.size(),
+                            dst.size()
+                        ),
+                    });
+                }
+                dst.f_copy_(src)?;
+            }
+        }
+        self.steps = steps;
+        self.adam.t = steps;
+        Ok(())
+    }
 }
 
-/// Runs the train stage until the input closes. `on_epoch` sees each epoch's record as soon
-/// as it is evaluated. `start` is the run's start, for `wall_seconds`.
+/// Adam (`torch.optim.Adam` with its defaults and no weight decay) over a var store's
+/// variables, in name order, with its moments where a checkpoint can reach them.
+struct Adam {
+    params: Vec<(String, Tensor)>,
+    m: Vec<Tensor>,
+    v: Vec<Tensor>,
+    t: u64,
+}
+
+impl Adam {
+    const BETA1: f64 = 0.9;
+    const BETA2: f64 = 0.999;
+    const EPS: f64 = 1e-8;
+
+    fn new(vs: &nn::VarStore) -> Result<Adam> {
+        let mut params: Vec<(String, Tensor)> = vs.variables().into_iter().collect();
+        params.sort_by(|a, b| a.0.cmp(&b.0));
+        let mut m = Vec::with_capacity(params.len());
+        let mut v = Vec::with_capacity(params.len());
+        for (_, p) in &params {
+            m.push(p.f_zeros_like()?);
+            v.push(p.f_zeros_like()?);
+        }
+        Ok(Adam { params, m, v, t: 0 })
+    }
+
+    fn zero_grad(&mut self) -> Result<()> {
+        for (_, p) in &self.params {
+            let mut g = p.grad();
+            if g.defined() {
+                let _ = g.f_zero_()?;
+            }
+        }
+        Ok(())
+    }
+
+    fn step(&mut self, lr: f64) -> Result<()> {
+        let _guard = tch::no_grad_guard();
+        self.t += 1;
+        let bc1 = 1.0 - Self::BETA1.powf(self.t as f64);
+        let bc2 = 1.0 - Self::BETA2.powf(self.t as f64);
+        for (i, (_, p)) in self.params.iter_mut().enumerate() {
+            let g = p.grad();
+            if !g.defined() {
+                continue;
+            }
+            let (m, v) = (&mut self.m[i], &mut self.v[i]);
+            let _ = m.f_mul_scalar_(Self::BETA1)?;
+            let _ = m.f_add_(&g.f_mul_scalar(1.0 - Self::BETA1)?)?;
+            let _ = v.f_mul_scalar_(Self::BETA2)?;
+            let _ = v.f_addcmul_(&g.f_mul_scalar(1.0 - Self::BETA2)?, &g)?;
+            let denom = v
+                .f_sqrt()?
+                .f_div_scalar(bc2.sqrt())?
+                .f_add_scalar(Self::EPS)?;
+            let update = m.f_div(&denom)?.f_mul_scalar(lr / bc1)?;
+            let _ = p.f_sub_(&update)?;
+        }
+        Ok(())
+    }
+}
+
+/// Where the train stage stands: the epochs evaluated so far, the running figures of the
+/// current epoch, and the first super-batch it has not trained on. A checkpoint holds it
+/// (with the learner's tensors); [`run_train`] continues from it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TrainProgress {
+    /// Epochs finished and evaluated.
+    pub records: Vec<EpochRecord>,
+    /// Super-batch samples delivered in the current epoch.
+    pub seen: u64,
+    /// Samples trained on in the current epoch.
+    pub trained: u64,
+    /// Optimizer steps in the current epoch.
+    pub steps: u64,
+    /// Sum of the current epoch's step losses.
+    pub loss_sum: f64,
+    /// Global sequence number of the first super-batch not yet trained on (the loader's
+    /// restart point).
+    pub next_seq: u64,
+}
+
+/// What the train stage just did, for [`TrainHook::after`].
+pub enum TrainEvent<'a> {
+    /// One optimizer step on this sub-batch (its `record` is still there for an export).
+    Trained(&'a mut SubBatch),
+    /// An epoch ended and was evaluated (its record is the last of the progress).
+    EpochEnd(usize),
+}
+
+/// Called by [`run_train`] after each step and each evaluation, on the train thread, with
+/// the learner and the progress as they are at that point: the place where the pipeline
+/// writes what the trainer received (the export) and checkpoints.
+pub trait TrainHook {
+    /// See the trait's doc. An error stops the stage.
+    fn after(&mut self, event: TrainEvent<'_>, trainer: &Trainer, progress: &TrainProgress)
+        -> Result<()>;
+}
+
+/// The hook that does nothing.
+impl TrainHook for () {
+    fn after(&mut self, _: TrainEvent<'_>, _: &Trainer, _: &TrainProgress) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs the train stage from `progress` until the input closes. `on_epoch` sees each
+/// epoch's record as soon as it is evaluated. `start` is the run's start, for
+/// `wall_seconds`; `per_epoch` the super-batches of one epoch (to know where the next one
+/// starts).
+#[allow(clippy::too_many_arguments)]
 pub fn run_train(
     trainer: &mut Trainer,
     mut input: tokio::sync::mpsc::Receiver<Msg<SubBatch>>,
@@ -249,9 +429,10 @@ pub fn run_train(
     cancel: &Cancel,
     start: Instant,
     on_epoch: &(dyn Fn(&EpochRecord) + Send + Sync),
+    mut progress: TrainProgress,
+    per_epoch: u64,
+    hook: &mut dyn TrainHook,
 ) -> Result<Vec<EpochRecord>> {
-    let mut records = Vec::new();
-    let (mut seen, mut trained, mut steps, mut loss_sum) = (0u64, 0u64, 0u64, 0.0f64);
     loop {
         let t = Instant::now();
         let Some(msg) = input.blocking_recv() else {
@@ -263,32 +444,40 @@ pub fn run_train(
         }
         let t = Instant::now();
         match msg {
-            Msg::Data(sub) => {
+            Msg::Data(mut sub) => {
                 stats.received();
-                loss_sum += trainer.step(&sub.images, &sub.labels)?;
-                steps += 1;
-                seen += sub.superbatch_len as u64;
-                trained += sub.ids.len() as u64;
+                crate::stage::test_pause("train");
+                let p = &mut progress;
+                p.loss_sum += trainer.step(&sub.images, &sub.labels)?;
+                p.steps += 1;
+                p.seen += sub.superbatch_len as u64;
+                p.trained += sub.ids.len() as u64;
+                p.next_seq = sub.seq + 1;
                 stats.item(sub.ids.len());
+                hook.after(TrainEvent::Trained(&mut sub), trainer, &progress)?;
             }
             Msg::EpochEnd { epoch } => {
+                crate::stage::test_pause("eval");
+                let p = &mut progress;
                 let rec = EpochRecord {
                     epoch: epoch + 1,
                     test_accuracy: trainer.evaluate()?,
-                    train_loss: loss_sum / steps.max(1) as f64,
-                    images_seen: seen,
-                    images_trained: trained,
-                    steps,
+                    train_loss: p.loss_sum / p.steps.max(1) as f64,
+                    images_seen: p.seen,
+                    images_trained: p.trained,
+                    steps: p.steps,
                     wall_seconds: start.elapsed().as_secs_f64(),
                 };
                 on_epoch(&rec);
-                records.push(rec);
-                (seen, trained, steps, loss_sum) = (0, 0, 0, 0.0);
+                p.records.push(rec);
+                (p.seen, p.trained, p.steps, p.loss_sum) = (0, 0, 0, 0.0);
+                p.next_seq = (epoch as u64 + 1) * per_epoch;
+                hook.after(TrainEvent::EpochEnd(epoch), trainer, &progress)?;
             }
         }
         stats.busy(t.elapsed());
     }
-    Ok(records)
+    Ok(progress.records)
 }
 
 // ---- configuration ----

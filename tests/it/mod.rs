@@ -5,4 +5,5 @@ pub mod docs;
 pub mod eval;
 pub mod layering;
 pub mod pipeline;
+pub mod resume;
 pub mod within;
