@@ -7,7 +7,7 @@
 //! each mutant to the parser under `catch_unwind`, and grows its corpus with the mutants the
 //! parser accepts (a cheap stand-in for coverage feedback). A panic is a crash: its input is
 //! saved under `target/fuzz-crashes/` and the harness fails. A case slower than
-//! `SALN_FUZZ_SLOW_MS` (default 5000) counts as a hang.
+//! `SALN_FUZZ_SLOW_MS` (default 5000) counts as a hang and is saved there too.
 //!
 //! `make test` runs every harness for `SALN_FUZZ_SECONDS` (default 3) with a fixed seed;
 //! `make fuzz` runs them longer (`FUZZ_SECONDS`, default 600 per harness) and prints, per
@@ -128,7 +128,10 @@ fn mutate(rng: &mut Rng, data: &mut Vec<u8>, other: &[u8]) {
             }
             _ => {
                 let i = rng.below(len + 1) as usize;
-                data.insert(i, [b'0', b'9', b'-', b'"', b',', b'\n', b'[', b'{', 0][rng.below(9) as usize]);
+                data.insert(
+                    i,
+                    [b'0', b'9', b'-', b'"', b',', b'\n', b'[', b'{', 0][rng.below(9) as usize],
+                );
             }
         }
         if data.len() > 1 << 20 {
@@ -182,6 +185,15 @@ fn fuzz(name: &str, seeds: Vec<Vec<u8>>, target: impl Fn(&[u8]) -> bool) {
         f.slowest = f.slowest.max(took);
         if took > slow {
             f.hangs += 1;
+            std::fs::create_dir_all(&crash_dir).unwrap();
+            let path = crash_dir.join(format!("{name}-slow-{}.bin", f.hangs));
+            std::fs::write(&path, &input).unwrap();
+            println!(
+                "fuzz {name}: case {} took {} ms; input saved to {}",
+                f.cases,
+                took.as_millis(),
+                path.display()
+            );
         }
         match r {
             Ok(true) => {
@@ -240,7 +252,9 @@ fn image(c: usize, h: usize, w: usize, k: usize) -> RawImage {
         channels: c,
         height: h,
         width: w,
-        data: (0..c * h * w).map(|i| ((i * 37 + k * 11) % 256) as u8).collect(),
+        data: (0..c * h * w)
+            .map(|i| ((i * 37 + k * 11) % 256) as u8)
+            .collect(),
     }
 }
 
@@ -324,7 +338,9 @@ fn fuzz_idx() {
 fn fuzz_cifar10() {
     let tmp = scratch("cifar");
     let path = tmp.path().join("seed.bin");
-    let records: Vec<(u8, Vec<u8>)> = (0..3).map(|k| (k as u8 * 3, image(3, 32, 32, k).data)).collect();
+    let records: Vec<(u8, Vec<u8>)> = (0..3)
+        .map(|k| (k as u8 * 3, image(3, 32, 32, k).data))
+        .collect();
     saln::source::cifar::write_batch(&path, &records).unwrap();
     let seeds = vec![std::fs::read(&path).unwrap()];
     let f = tmp.path().join("data_batch_1.bin");
@@ -508,7 +524,11 @@ fn limits_are_named_in_their_errors() {
     let png = saln::source::decode::encode(&image(1, 4, 4, 0), image::ImageFormat::Png).unwrap();
     std::fs::write(tmp.path().join("a.png"), &png).unwrap();
     let list = tmp.path().join("l.csv");
-    std::fs::write(&list, "path,label\na.png,0\na.png,4999999\na.png,1\na.png,2\n").unwrap();
+    std::fs::write(
+        &list,
+        "path,label\na.png,0\na.png,4999999\na.png,1\na.png,2\n",
+    )
+    .unwrap();
     let yaml = |limits: &str| {
         format!(
             "source: {{ list: {{ train: {}, test_fraction: 0.25 }}, holdout: 0{limits} }}\n",
@@ -517,13 +537,19 @@ fn limits_are_named_in_their_errors() {
     };
     let cfg = saln::config::PipelineConfig::from_yaml_str(&yaml(""), "l.yaml").unwrap();
     let e = saln::source::open(&cfg.source).unwrap_err().to_string();
-    assert!(e.contains("source.limits.max_labels") && e.contains("5000000 classes"), "{e}");
+    assert!(
+        e.contains("source.limits.max_labels") && e.contains("5000000 classes"),
+        "{e}"
+    );
     let raised = ", limits: { max_labels: 5000000, max_pixels: 15 }";
     let cfg = saln::config::PipelineConfig::from_yaml_str(&yaml(raised), "l.yaml").unwrap();
     let data = saln::source::open(&cfg.source).unwrap();
     // 4 x 4 = 16 pixels, over 15.
     let e = data.train.get(0).unwrap_err().to_string();
-    assert!(e.contains("source.limits.max_pixels") && e.contains("a.png"), "{e}");
+    assert!(
+        e.contains("source.limits.max_pixels") && e.contains("a.png"),
+        "{e}"
+    );
     let e = saln::config::PipelineConfig::from_yaml_str(
         &yaml(", limits: { max_tar_entry_bytes: 0 }"),
         "l.yaml",
@@ -531,4 +557,26 @@ fn limits_are_named_in_their_errors() {
     .unwrap_err()
     .to_string();
     assert!(e.contains("source.limits.max_tar_entry_bytes"), "{e}");
+}
+
+/// Every crash the fuzzers found, kept as a regression test: the input, under
+/// `tests/fuzz-regressions/` (named after its harness), must now be an ordinary error.
+#[test]
+fn fuzz_regressions_are_errors_not_panics() {
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fuzz-regressions");
+    let mut n = 0;
+    for e in std::fs::read_dir(&dir).unwrap() {
+        let path = e.unwrap().path();
+        let name = path.file_name().unwrap().to_string_lossy().into_owned();
+        if name.starts_with("export-") {
+            // The Parquet reader panicked inside `export::read::read_file` (found by
+            // `fuzz_export_read_back`); it now runs under catch_unwind.
+            for features in [true, false] {
+                let e = saln::export::read::read_file(&path, features).unwrap_err();
+                assert!(e.to_string().contains(&name), "{e}");
+            }
+            n += 1;
+        }
+    }
+    assert!(n >= 3, "the regression inputs are missing from {}", dir.display());
 }

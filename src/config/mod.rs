@@ -217,9 +217,11 @@ impl CheckpointConfig {
     /// Adds this section's problems to `v`.
     pub fn validate(&self, v: &mut Issues) {
         let s = self.every_seconds;
-        v.check(s >= 0.0 && s.is_finite(), "checkpoint.every_seconds", || {
-            "must be a non-negative number".into()
-        });
+        v.check(
+            s >= 0.0 && s.is_finite(),
+            "checkpoint.every_seconds",
+            || "must be a non-negative number".into(),
+        );
         v.check(self.keep >= 1, "checkpoint.keep", || {
             "must be at least 1".into()
         });
@@ -290,7 +292,9 @@ impl PipelineConfig {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         let mut cfg = Self::from_yaml_str(&text, path)?;
         if cfg.checkpoint.dir.is_none() {
-            let stem = path.file_stem().map_or("run".into(), |s| s.to_string_lossy());
+            let stem = path
+                .file_stem()
+                .map_or("run".into(), |s| s.to_string_lossy());
             cfg.checkpoint.dir = Some(PathBuf::from("target/saln/checkpoints").join(&*stem));
         }
         Ok(cfg)

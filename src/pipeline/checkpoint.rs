@@ -136,7 +136,12 @@ pub fn differences(old: &serde_json::Value, new: &serde_json::Value) -> Vec<Stri
                         format!("{path}.{k}")
                     };
                     let null = serde_json::Value::Null;
-                    walk(&p, x.get(k).unwrap_or(&null), y.get(k).unwrap_or(&null), out);
+                    walk(
+                        &p,
+                        x.get(k).unwrap_or(&null),
+                        y.get(k).unwrap_or(&null),
+                        out,
+                    );
                 }
             }
             _ if a != b => out.push(format!("{path}: {a} -> {b}")),
@@ -171,7 +176,7 @@ pub fn list(dir: &Path) -> Vec<(u64, PathBuf)> {
         })
         .filter(|(_, p)| p.join("state.json").is_file())
         .collect();
-    out.sort_by(|a, b| b.0.cmp(&a.0));
+    out.sort_by_key(|b| std::cmp::Reverse(b.0));
     out
 }
 
@@ -185,7 +190,9 @@ pub fn clear(dir: &Path) -> Result<()> {
 
 /// Removes the half-written checkpoints a killed run left (a resumed run's first step).
 pub fn clear_partials(dir: &Path) -> Result<()> {
-    remove_matching(dir, |name| name.starts_with(".ckpt-") && name.ends_with(".partial"))
+    remove_matching(dir, |name| {
+        name.starts_with(".ckpt-") && name.ends_with(".partial")
+    })
 }
 
 fn remove_matching(dir: &Path, matches: impl Fn(&str) -> bool) -> Result<()> {
@@ -391,7 +398,10 @@ impl Checkpointer {
                 }
                 snapshots.push(s);
                 for (n, v) in vars {
-                    tensors.push((format!("snapshot/{s}/{n}"), v.f_to_device(tch::Device::Cpu)?));
+                    tensors.push((
+                        format!("snapshot/{s}/{n}"),
+                        v.f_to_device(tch::Device::Cpu)?,
+                    ));
                 }
             }
         }

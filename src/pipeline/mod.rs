@@ -24,15 +24,15 @@ use std::time::{Duration, Instant};
 
 use crate::augment::Augmenter;
 use crate::batch::{run_loader, superbatches_per_epoch, LoaderSummary};
-use crate::extract::ExtractStart;
-use crate::select::outcome::Acc;
 use crate::config::{ExportConfig, PipelineConfig};
 use crate::error::{Error, Result};
 use crate::export::{ExportItem, ExportStage, Exporter};
+use crate::extract::ExtractStart;
 use crate::extract::{run_extract, Extractor};
 use crate::report::{DataReport, Report};
 use crate::select::feedback::LossTable;
 use crate::select::learner::{LearnerScorer, Publisher, SnapshotBoard};
+use crate::select::outcome::Acc;
 use crate::select::outcome::{RecordMode, SelectionStats, SubBatch};
 use crate::select::Selector;
 use crate::source::{self, DataSet, Split};
@@ -208,7 +208,7 @@ impl Curation {
         let per_epoch = superbatches_per_epoch(&plan);
         let mut extract_start = ExtractStart::default();
         if let Some(r) = resume {
-            plan.start = r.next_seq;
+            plan.start = r.at.seq(per_epoch as u64);
             plan.carried = r.loaded;
             extract_start = ExtractStart {
                 sent: r.sent,
@@ -303,8 +303,8 @@ pub struct Launch<'a> {
 /// Where a resumed run's loader and extract stages start (from a checkpoint).
 #[derive(Debug, Clone)]
 pub struct ResumeStart {
-    /// The first super-batch to load (global sequence number).
-    pub next_seq: u64,
+    /// The first super-batch to load.
+    pub at: crate::batch::LoaderState,
     /// The loader's figures before it.
     pub loaded: LoaderSummary,
     /// Sub-batches the trainer consumed before it.
@@ -525,7 +525,7 @@ fn train_run(
     if let Some(r) = &restored {
         let s = &r.state;
         launch = launch.resume(ResumeStart {
-            next_seq: s.train.next_seq,
+            at: s.loader,
             loaded: s.loaded.clone(),
             sent: s.step,
             tally: s.tally.clone(),
@@ -540,8 +540,8 @@ fn train_run(
     let info = handle.info.clone();
     let per_epoch = info.superbatches_per_epoch as u64;
     // What can fail before the train stage starts stops the curation again.
-    let ready = build_trainer(cfg, &info, board, restored.as_ref()).and_then(
-        |(trainer, test_skipped)| {
+    let ready =
+        build_trainer(cfg, &info, board, restored.as_ref()).and_then(|(trainer, test_skipped)| {
             let exporter = match &cfg.export {
                 None => None,
                 Some(e) => {
@@ -553,8 +553,7 @@ fn train_run(
                 }
             };
             Ok((trainer, test_skipped, exporter))
-        },
-    );
+        });
     let (mut trainer, test_skipped, exporter) = match ready {
         Ok(r) => r,
         Err(e) => {

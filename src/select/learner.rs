@@ -271,7 +271,11 @@ impl Publisher {
         let kept = kept.lock().unwrap_or_else(|p| p.into_inner());
         kept.iter()
             .map(|s| {
-                let vars = s.vars.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+                let vars = s
+                    .vars
+                    .iter()
+                    .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                    .collect();
                 (s.step, vars)
             })
             .collect()
@@ -284,7 +288,10 @@ impl Publisher {
         for (step, mut vars) in saved {
             vars.sort_by(|a, b| a.0.cmp(&b.0));
             if let Some((_, kept)) = &self.keep {
-                let copy = vars.iter().map(|(n, t)| (n.clone(), t.shallow_clone())).collect();
+                let copy = vars
+                    .iter()
+                    .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                    .collect();
                 kept.lock()
                     .unwrap_or_else(|p| p.into_inner())
                     .push_back(Snapshot { step, vars: copy });

@@ -94,7 +94,8 @@ impl FileSource {
             message,
         };
         let bytes = std::fs::read(path).map_err(|e| sample_err(format!("cannot read: {e}")))?;
-        let image = decode::decode_limited(&bytes, self.channels, size, self.max_pixels).map_err(sample_err)?;
+        let image = decode::decode_limited(&bytes, self.channels, size, self.max_pixels)
+            .map_err(sample_err)?;
         Ok(Sample {
             id: index as u64,
             label: *label,

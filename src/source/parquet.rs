@@ -359,7 +359,8 @@ impl ParquetSource {
         let label = self.labels[row].ok_or_else(|| err("null label".into()))?;
         let (off, len) = self.table.spans[row].ok_or_else(|| err("null image".into()))?;
         let bytes = &self.table.blob[off..off + len];
-        let image = decode::decode_limited(bytes, self.channels, size, self.max_pixels).map_err(err)?;
+        let image =
+            decode::decode_limited(bytes, self.channels, size, self.max_pixels).map_err(err)?;
         Ok(Sample {
             id: index as u64,
             label,
@@ -405,7 +406,10 @@ fn class_indices(tables: &[(&Path, &Table)]) -> Result<(usize, Vec<Vec<Option<i6
             }
             out.push(v);
         }
-        return Ok((usize::try_from(max).unwrap_or(usize::MAX).saturating_add(1), out));
+        return Ok((
+            usize::try_from(max).unwrap_or(usize::MAX).saturating_add(1),
+            out,
+        ));
     }
     let mut names: Vec<&str> = tables[0]
         .1

@@ -263,9 +263,18 @@ impl Trainer {
         let _guard = tch::no_grad_guard();
         let mut out = Vec::new();
         for (i, (name, p)) in self.adam.params.iter().enumerate() {
-            out.push((format!("param/{name}"), p.f_to_device(Device::Cpu)?.f_contiguous()?));
-            out.push((format!("adam_m/{name}"), self.adam.m[i].f_to_device(Device::Cpu)?.f_contiguous()?));
-            out.push((format!("adam_v/{name}"), self.adam.v[i].f_to_device(Device::Cpu)?.f_contiguous()?));
+            out.push((
+                format!("param/{name}"),
+                p.f_to_device(Device::Cpu)?.f_contiguous()?,
+            ));
+            out.push((
+                format!("adam_m/{name}"),
+                self.adam.m[i].f_to_device(Device::Cpu)?.f_contiguous()?,
+            ));
+            out.push((
+                format!("adam_v/{name}"),
+                self.adam.v[i].f_to_device(Device::Cpu)?.f_contiguous()?,
+            ));
         }
         Ok(out)
     }
@@ -406,8 +415,12 @@ pub enum TrainEvent<'a> {
 /// writes what the trainer received (the export) and checkpoints.
 pub trait TrainHook {
     /// See the trait's doc. An error stops the stage.
-    fn after(&mut self, event: TrainEvent<'_>, trainer: &Trainer, progress: &TrainProgress)
-        -> Result<()>;
+    fn after(
+        &mut self,
+        event: TrainEvent<'_>,
+        trainer: &Trainer,
+        progress: &TrainProgress,
+    ) -> Result<()>;
 }
 
 /// The hook that does nothing.

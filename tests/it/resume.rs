@@ -112,7 +112,10 @@ fn outcome(dir: &Path, report: &Path) -> Outcome {
     let mut rows = saln::export::read::read(&dir.join("export"), false).unwrap();
     rows.sort_by_key(|r| (r.superbatch, r.position));
     Outcome {
-        digest: json["selection"]["kept_digest"].as_str().unwrap().to_string(),
+        digest: json["selection"]["kept_digest"]
+            .as_str()
+            .unwrap()
+            .to_string(),
         accuracies: epochs
             .iter()
             .map(|e| e["test_accuracy"].as_f64().unwrap())
@@ -167,7 +170,12 @@ fn a_killed_run_resumes_to_the_uninterrupted_result() {
 
     // (point, n): mid-epoch (step 25 of 54), during epoch 2's evaluation, while writing
     // the 5th checkpoint (its tensors written, its state not), while writing an export file.
-    for (point, n) in [("train", 25), ("eval", 2), ("checkpoint", 5), ("export", 30)] {
+    for (point, n) in [
+        ("train", 25),
+        ("eval", 2),
+        ("checkpoint", 5),
+        ("export", 30),
+    ] {
         let dir = root.path().join(format!("killed-{point}"));
         std::fs::create_dir_all(&dir).unwrap();
         let report = dir.join("report.json");
@@ -189,7 +197,11 @@ fn a_killed_run_resumes_to_the_uninterrupted_result() {
             assert_eq!(a, b, "{point}: export rows differ");
         }
         let (rows, distinct) = pyarrow_rows(&dir.join("export"));
-        assert_eq!((rows, distinct), (3300, 3300), "{point}: pyarrow sees duplicates or gaps");
+        assert_eq!(
+            (rows, distinct),
+            (3300, 3300),
+            "{point}: pyarrow sees duplicates or gaps"
+        );
         // No temporary files left behind, and only the last two checkpoints kept.
         let leftovers: Vec<String> = std::fs::read_dir(dir.join("export"))
             .unwrap()
@@ -216,7 +228,9 @@ fn resume_refuses_a_changed_keep_ratio_and_accepts_a_new_report_path() {
     assert_eq!(o.status.code(), Some(2), "{}", text(&o));
     let err = String::from_utf8_lossy(&o.stderr);
     assert!(
-        err.contains("selection.keep_ratio") && err.contains("0.5 -> 0.25") && err.contains("cannot resume"),
+        err.contains("selection.keep_ratio")
+            && err.contains("0.5 -> 0.25")
+            && err.contains("cannot resume"),
         "{err}"
     );
     assert!(!report.exists());

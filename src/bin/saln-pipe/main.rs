@@ -412,7 +412,14 @@ fn run_command(
     if cfg.loader_only.is_some() {
         return run_loader_only(&cfg);
     }
-    block_on(run(cfg, if resume { pipeline::resume } else { pipeline::run }))
+    block_on(run(
+        cfg,
+        if resume {
+            pipeline::resume
+        } else {
+            pipeline::run
+        },
+    ))
 }
 
 /// `saln-pipe curate FILE [--out DIR] [--overwrite] [--report PATH]`.
