@@ -282,7 +282,7 @@ impl Publisher {
     }
 
     /// Publishes snapshots saved by a checkpoint (oldest first, each older than the
-    /// trainer's restored step) before [`Trainer::publish_to`](crate::train::Trainer)
+    /// trainer's restored step) before the trainer's `publish_to`
     /// publishes the current weights, and keeps them as [`Publisher::retaining`] would have.
     pub fn republish(&self, saved: Vec<(u64, Vec<(String, Tensor)>)>) {
         for (step, mut vars) in saved {
