@@ -578,5 +578,9 @@ fn fuzz_regressions_are_errors_not_panics() {
             n += 1;
         }
     }
-    assert!(n >= 3, "the regression inputs are missing from {}", dir.display());
+    assert!(
+        n >= 3,
+        "the regression inputs are missing from {}",
+        dir.display()
+    );
 }
