@@ -54,13 +54,27 @@ pub fn decode_resized(
 ///
 /// ```
 /// // A PNG header claiming 60000 x 60000: refused without allocating 3.6 G pixels.
-/// let mut png = vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a, 0, 0, 0, 13];
-/// png.extend_from_slice(b"IHDR");
-/// png.extend_from_slice(&60000u32.to_be_bytes());
-/// png.extend_from_slice(&60000u32.to_be_bytes());
-/// png.extend_from_slice(&[8, 0, 0, 0, 0]);
-/// let crc = [0u8; 4]; // checked by the decoder, not by the header read
-/// png.extend_from_slice(&crc);
+/// fn crc32(bytes: &[u8]) -> u32 {
+///     let mut c = !0u32;
+///     for &b in bytes {
+///         c ^= b as u32;
+///         for _ in 0..8 {
+///             c = if c & 1 != 0 { (c >> 1) ^ 0xedb8_8320 } else { c >> 1 };
+///         }
+///     }
+///     !c
+/// }
+/// let mut png = vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a];
+/// let mut chunk = |kind: &[u8], data: &[u8]| {
+///     let body = [kind, data].concat();
+///     png.extend_from_slice(&(data.len() as u32).to_be_bytes());
+///     png.extend_from_slice(&body);
+///     png.extend_from_slice(&crc32(&body).to_be_bytes());
+/// };
+/// let side = 60000u32.to_be_bytes();
+/// chunk(b"IHDR", &[&side[..], &side[..], &[8, 0, 0, 0, 0]].concat());
+/// chunk(b"IDAT", &[]);
+/// chunk(b"IEND", &[]);
 /// let e = saln::source::decode::decode_limited(&png, 1, None, 100_000_000).unwrap_err();
 /// assert!(e.contains("source.limits.max_pixels") && e.contains("60000 x 60000"), "{e}");
 /// ```
