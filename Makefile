@@ -12,7 +12,7 @@ CARGO ?= cargo
 PIPELINE ?= pipelines/fashion-mnist.yaml
 BIN := target/release/saln-pipe
 
-.PHONY: all setup build demo test bench bench-loader lint fixtures eval eval-resnet gpu-prepare python test-python bench-python
+.PHONY: all setup build demo test bench bench-loader lint fixtures eval eval-resnet gpu-prepare python test-python bench-python fuzz
 
 all: build
 
@@ -58,6 +58,12 @@ test: setup fixtures
 	$(CARGO) test --release --locked -p saln-build
 	CARGO_TARGET_DIR="$(CURDIR)/target" CARGO="$(CARGO)" scripts/check-embed.sh
 	@$(MAKE) --no-print-directory test-python
+
+# Fuzzing of every parser of untrusted bytes (tests/fuzz.rs): each harness for FUZZ_SECONDS
+# seconds; prints cases tried and crashes found per harness. (`make test` runs 3 s each.)
+FUZZ_SECONDS ?= 600
+fuzz: setup
+	SALN_FUZZ_SECONDS=$(FUZZ_SECONDS) $(CARGO) test --release --locked --test fuzz -- --nocapture --test-threads=1
 
 # The Python package (python/, docs/python.md): maturin builds its extension against the
 # venv's torch (LIBTORCH_USE_PYTORCH=1, exported above) into the shared target/, pip installs

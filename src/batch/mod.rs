@@ -50,6 +50,9 @@ pub struct SuperBatch {
     pub pixels: Vec<f32>,
     /// `(C, H, W)`.
     pub shape: (usize, usize, usize),
+    /// The loader's figures up to and including this super-batch (set when it is
+    /// emitted; what a checkpoint taken after training on it records of the loader).
+    pub loaded: LoaderSummary,
 }
 
 impl SuperBatch {
@@ -108,6 +111,67 @@ pub struct LoaderPlan {
     /// This process's share of the data (data-parallel training); `Shard::default()` is
     /// the whole data set.
     pub shard: Shard,
+    /// Global sequence number of the first super-batch to emit (0 = from the start; a
+    /// resumed run starts where its checkpoint stopped, see [`LoaderState`]).
+    pub start: u64,
+    /// The loader's figures of the super-batches before `start` (from the checkpoint a
+    /// run resumes), so that the summary covers the whole run.
+    pub carried: LoaderSummary,
+}
+
+/// Where a loader stands: the next super-batch it will emit. Serialisable, so a training
+/// loop can keep it in its own checkpoint and start a loader there again
+/// (`loader::LoaderBuilder::resume`); `saln-pipe run --resume` keeps it in its checkpoints.
+///
+/// For the indexed sources (every source today) the position is `(epoch, superbatch)`:
+/// the epoch orders and the augmentations are functions of `(seed, epoch, sample)`, so
+/// nothing else is needed to produce the rest of the run exactly. A streaming source (tar
+/// shards) also needs the place in its stream; `stream` is reserved for that (`None` for
+/// indexed sources).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoaderState {
+    /// Epoch (0-based) of the next super-batch.
+    pub epoch: usize,
+    /// Index of the next super-batch within its epoch.
+    pub superbatch: u64,
+    /// For a streaming source: the shard and the byte offset in it to continue from.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub stream: Option<StreamPosition>,
+}
+
+/// A place in a streaming source (see [`LoaderState::stream`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StreamPosition {
+    /// Shard index in the epoch's shard order.
+    pub shard: u64,
+    /// Byte offset of the next entry in that shard.
+    pub offset: u64,
+}
+
+impl LoaderState {
+    /// The position of global super-batch `seq` with `per_epoch` super-batches per epoch.
+    ///
+    /// ```
+    /// use saln::batch::LoaderState;
+    /// let s = LoaderState::at(7, 3);
+    /// assert_eq!((s.epoch, s.superbatch), (2, 1));
+    /// assert_eq!(s.seq(3), 7);
+    /// ```
+    pub fn at(seq: u64, per_epoch: u64) -> LoaderState {
+        let per = per_epoch.max(1);
+        LoaderState {
+            epoch: (seq / per) as usize,
+            superbatch: seq % per,
+            stream: None,
+        }
+    }
+
+    /// The global sequence number of this position.
+    pub fn seq(&self, per_epoch: u64) -> u64 {
+        self.epoch as u64 * per_epoch + self.superbatch
+    }
 }
 
 impl LoaderPlan {
@@ -132,6 +196,8 @@ impl LoaderPlan {
             prefetch: superbatch.prefetch,
             on_error,
             shard: superbatch.shard.resolve()?,
+            start: 0,
+            carried: LoaderSummary::default(),
         })
     }
 }
@@ -258,7 +324,7 @@ pub fn superbatch_at(
 }
 
 /// What the loader did, for the report.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LoaderSummary {
     /// Super-batches emitted.
     pub superbatches: u64,
@@ -305,6 +371,7 @@ fn build(
         labels: Vec::with_capacity(job.indices.len()),
         pixels: Vec::with_capacity(job.indices.len() * per),
         shape: (c, h, w),
+        loaded: LoaderSummary::default(),
     };
     let mut skipped = Vec::new();
     for &i in &job.indices {
@@ -360,8 +427,10 @@ pub fn run_loader(
     let shape = aug.output_shape(source.shape())?;
     let per_epoch = superbatches_per_epoch(&plan) as u64;
     let total = per_epoch * plan.epochs as u64;
+    let start = plan.start.min(total);
     // Jobs are made one epoch at a time, as they are handed out: memory holds one epoch
-    // order, not all of them.
+    // order, not all of them. A resumed loader skips the super-batches before `start`
+    // (cheap: only index lists are made for them, nothing is decoded).
     let mut jobs = {
         let plan = plan.clone();
         (0..plan.epochs)
@@ -377,6 +446,7 @@ pub fn run_loader(
                 progress: seq as f64 / total.max(1) as f64,
                 indices,
             })
+            .skip(start as usize)
     };
     // The sequence number that closes `epoch` (every epoch has `per_epoch` super-batches).
     let epoch_last = |epoch: usize| -> Option<u64> {
@@ -406,11 +476,11 @@ pub fn run_loader(
     drop(done_tx);
     drop(job_rx);
 
-    let mut summary = LoaderSummary::default();
+    let mut summary = plan.carried.clone();
     let result = (|| -> Result<()> {
         let mut in_flight = 0usize;
         let mut pending: BTreeMap<u64, Done> = BTreeMap::new();
-        let mut next = 0u64;
+        let mut next = start;
         let emit_epoch_end = |epoch: usize, seq: u64| -> Option<usize> {
             (epoch_last(epoch) == Some(seq)).then_some(epoch)
         };
@@ -439,7 +509,7 @@ pub fn run_loader(
             in_flight -= 1;
             pending.insert(done.seq, done);
             while let Some(done) = pending.remove(&next) {
-                let (sb, skipped) = done.result?;
+                let (mut sb, skipped) = done.result?;
                 summary.skipped += skipped.len() as u64;
                 for s in skipped {
                     if summary.first_skipped.len() < 20 {
@@ -449,6 +519,7 @@ pub fn run_loader(
                 summary.superbatches += 1;
                 summary.samples += sb.len() as u64;
                 stats.item(sb.len());
+                sb.loaded = summary.clone();
                 let epoch_end = emit_epoch_end(done.epoch, done.seq);
                 let t = Instant::now();
                 if !sb.is_empty() && out.blocking_send(Msg::Data(sb)).is_err() {
@@ -638,6 +709,8 @@ mod tests {
             prefetch: 3,
             on_error: OnError::Fail,
             shard: Shard::default(),
+            start: 0,
+            carried: LoaderSummary::default(),
         }
     }
 
@@ -797,6 +870,8 @@ mod tests {
             prefetch: 1,
             on_error: OnError::Fail,
             shard,
+            start: 0,
+            carried: LoaderSummary::default(),
         }
     }
 
@@ -1033,6 +1108,8 @@ mod tests {
             prefetch: 3,
             on_error,
             shard: Shard::default(),
+            start: 0,
+            carried: LoaderSummary::default(),
         };
         let (tx, mut rx) = tokio::sync::mpsc::channel(2);
         let h = std::thread::spawn(move || {

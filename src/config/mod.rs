@@ -77,6 +77,9 @@ pub struct PipelineConfig {
     /// Where the JSON report goes.
     #[serde(default)]
     pub report: ReportConfig,
+    /// Checkpoints of `saln-pipe run` (what `--resume` continues from).
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
     /// Parquet export of the curated set (absent: no export).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub export: Option<ExportConfig>,
@@ -175,6 +178,63 @@ pub struct ReportConfig {
     pub progress_seconds: f64,
 }
 
+/// Checkpoints of a training run (`saln-pipe run`): what `saln-pipe run FILE --resume`
+/// continues from after a kill. README, "Checkpoints and --resume".
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Write checkpoints at all.
+    #[serde(default = "d_true")]
+    pub enabled: bool,
+    /// The run folder holding them. Default: `target/saln/checkpoints/<name of the
+    /// pipeline file without .yaml>` (a pipeline built in code: `target/saln/checkpoints/run`).
+    /// A run without `--resume` empties it first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// A checkpoint after every this many optimizer steps (0: not by steps).
+    #[serde(default)]
+    pub every_steps: u64,
+    /// A checkpoint when this many seconds have passed since the last one (or the start);
+    /// 0: not by time. The default, 300, leaves runs of a few minutes without any.
+    #[serde(default = "d_every_seconds")]
+    pub every_seconds: f64,
+    /// Complete checkpoints kept (the newest ones).
+    #[serde(default = "d_keep")]
+    pub keep: usize,
+}
+
+fn d_true() -> bool {
+    true
+}
+fn d_every_seconds() -> f64 {
+    300.0
+}
+fn d_keep() -> usize {
+    2
+}
+
+impl CheckpointConfig {
+    /// Adds this section's problems to `v`.
+    pub fn validate(&self, v: &mut Issues) {
+        let s = self.every_seconds;
+        v.check(
+            s >= 0.0 && s.is_finite(),
+            "checkpoint.every_seconds",
+            || "must be a non-negative number".into(),
+        );
+        v.check(self.keep >= 1, "checkpoint.keep", || {
+            "must be at least 1".into()
+        });
+    }
+
+    /// The run folder (see [`CheckpointConfig::dir`]).
+    pub fn folder(&self) -> PathBuf {
+        self.dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("target/saln/checkpoints/run"))
+    }
+}
+
 fn d_progress() -> f64 {
     10.0
 }
@@ -221,7 +281,8 @@ default_from_serde!(
     SelectionConfig,
     TrainerConfig,
     ChannelConfig,
-    ReportConfig
+    ReportConfig,
+    CheckpointConfig
 );
 
 impl PipelineConfig {
@@ -229,7 +290,14 @@ impl PipelineConfig {
     /// current directory, as with every command-line tool, not from the file's folder.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        Self::from_yaml_str(&text, path)
+        let mut cfg = Self::from_yaml_str(&text, path)?;
+        if cfg.checkpoint.dir.is_none() {
+            let stem = path
+                .file_stem()
+                .map_or("run".into(), |s| s.to_string_lossy());
+            cfg.checkpoint.dir = Some(PathBuf::from("target/saln/checkpoints").join(&*stem));
+        }
+        Ok(cfg)
     }
 
     /// Parses and validates YAML text; `origin` names it in messages.
@@ -255,6 +323,7 @@ impl PipelineConfig {
         self.trainer.validate(&mut v);
         self.channels.validate(&mut v);
         self.report.validate(&mut v);
+        self.checkpoint.validate(&mut v);
         self.validate_across_sections(&mut v);
         if let Some(e) = &self.export {
             e.validate(&mut v);

@@ -115,9 +115,31 @@ pub enum Learner {
     },
 }
 
+/// Where the extract stage starts (see [`run_extract`]).
+#[derive(Debug, Clone)]
+pub struct ExtractStart {
+    /// Sub-batches sent before (the index of the next one; learner-aware policies pick
+    /// their snapshot from it).
+    pub sent: u64,
+    /// The selection's figures so far.
+    pub tally: Acc,
+}
+
+impl Default for ExtractStart {
+    fn default() -> Self {
+        ExtractStart {
+            sent: 0,
+            tally: Acc::new(),
+        }
+    }
+}
+
 /// Runs the extract stage: super-batches in, sub-batches out.
 /// `extractor` may be `None` only for policies that need no reference model and runs that
-/// export no features; `learner` is required by the learner-aware policies.
+/// export no features; `learner` is required by the learner-aware policies
+/// ([`crate::select::learner`], [`crate::select::feedback`]). `start` is where a resumed run continues: the sub-batches
+/// sent before (the trainer's step count) and the selection tally as of them
+/// (`ExtractStart::default()` for a fresh run).
 #[allow(clippy::too_many_arguments)]
 pub fn run_extract(
     extractor: Option<Extractor>,
@@ -129,10 +151,11 @@ pub fn run_extract(
     out: tokio::sync::mpsc::Sender<Msg<SubBatch>>,
     stats: &StageStats,
     cancel: &Cancel,
+    start: ExtractStart,
 ) -> Result<SelectionStats> {
-    let mut acc = Acc::new();
+    let mut acc = start.tally;
     // Sub-batches sent so far: the trainer's step count once it has consumed them.
-    let mut sent = 0u64;
+    let mut sent = start.sent;
     loop {
         let t = Instant::now();
         let Some(msg) = input.blocking_recv() else {
@@ -242,6 +265,8 @@ fn curate(
         scores: sel.kept.iter().map(|&i| sel.scores[i]).collect(),
         ids,
         record,
+        loaded: sb.loaded.clone(),
+        tally: acc.clone(),
     };
     Ok(Some((sub, std::time::Duration::from_secs_f64(waited))))
 }

@@ -237,6 +237,9 @@ impl SnapshotBoard {
 pub struct Publisher {
     board: Arc<SnapshotBoard>,
     every: u64,
+    /// With `Some(lag)`: copies of the published snapshots the extract stage may still
+    /// need, for checkpoints ([`Publisher::retained`]).
+    keep: Option<(u64, Mutex<VecDeque<Snapshot>>)>,
 }
 
 impl Publisher {
@@ -245,6 +248,55 @@ impl Publisher {
         Publisher {
             board,
             every: every.max(1),
+            keep: None,
+        }
+    }
+
+    /// Also keeps a copy of every published snapshot the extract stage may still need
+    /// after the trainer's current step (those of steps `>= snapshot_step(step, every,
+    /// lag)`), so that a checkpoint can hold them ([`Publisher::retained`]): a resumed run
+    /// must score its first sub-batches with the same, older weights as the uninterrupted
+    /// run did. At most `lag / every + 1` copies.
+    pub fn retaining(mut self, lag: u64) -> Publisher {
+        self.keep = Some((lag, Mutex::new(VecDeque::new())));
+        self
+    }
+
+    /// The snapshots kept by [`Publisher::retaining`] (oldest first) that the extract stage
+    /// may still need at `step`: each as `(step, variables)`.
+    pub fn retained(&self) -> Vec<(u64, Vec<(String, Tensor)>)> {
+        let Some((_, kept)) = &self.keep else {
+            return Vec::new();
+        };
+        let kept = kept.lock().unwrap_or_else(|p| p.into_inner());
+        kept.iter()
+            .map(|s| {
+                let vars = s
+                    .vars
+                    .iter()
+                    .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                    .collect();
+                (s.step, vars)
+            })
+            .collect()
+    }
+
+    /// Publishes snapshots saved by a checkpoint (oldest first, each older than the
+    /// trainer's restored step) before the trainer's `publish_to`
+    /// publishes the current weights, and keeps them as [`Publisher::retaining`] would have.
+    pub fn republish(&self, saved: Vec<(u64, Vec<(String, Tensor)>)>) {
+        for (step, mut vars) in saved {
+            vars.sort_by(|a, b| a.0.cmp(&b.0));
+            if let Some((_, kept)) = &self.keep {
+                let copy = vars
+                    .iter()
+                    .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                    .collect();
+                kept.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push_back(Snapshot { step, vars: copy });
+            }
+            self.board.publish(Snapshot { step, vars });
         }
     }
 
@@ -253,6 +305,17 @@ impl Publisher {
     pub fn after_step(&self, step: u64, vs: &nn::VarStore) -> Result<()> {
         if step % self.every == 0 {
             self.board.publish(Snapshot::of(step, vs)?);
+        }
+        if let Some((lag, kept)) = &self.keep {
+            let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
+            if step % self.every == 0 && kept.back().is_none_or(|s| s.step < step) {
+                kept.push_back(Snapshot::of(step, vs)?);
+            }
+            // The extract stage's next sub-batch is the trainer's next step at the earliest.
+            let oldest = snapshot_step(step, self.every, *lag);
+            while kept.front().is_some_and(|s| s.step < oldest) {
+                kept.pop_front();
+            }
         }
         self.board.set_trainer_step(step);
         Ok(())

@@ -30,7 +30,7 @@ use crate::source::{OnError, Source};
 use crate::stage::{Cancel, Msg, StageStats};
 
 /// One epoch's figures, as printed and reported.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct EpochRecord {
     /// Epoch (1-based, as printed).
     pub epoch: usize,
@@ -297,10 +297,121 @@ impl Trainer {
             None => Ok(()),
         }
     }
+
+    /// The snapshot publisher, when one is attached ([`Trainer::publish_to`]).
+    pub fn publisher(&self) -> Option<&crate::select::learner::Publisher> {
+        self.publisher.as_ref()
+    }
+
+    /// Everything a checkpoint needs of the learner besides [`Trainer::steps`]: every
+    /// variable of the learner (`param/NAME`, a ResNet's batch-norm running statistics
+    /// included) and the optimizer's state (`opt/m1/NAME`, `opt/m2/NAME`: see
+    /// [`Optimizer::state_tensors`]), in name order, as contiguous CPU tensors.
+    pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
+        let _guard = tch::no_grad_guard();
+        let mut out = Vec::new();
+        for (name, t) in self.learner.var_store().variables() {
+            out.push((
+                format!("param/{name}"),
+                t.f_to_device(Device::Cpu)?.f_contiguous()?,
+            ));
+        }
+        for (name, t) in self.opt.state_tensors()? {
+            out.push((format!("opt/{name}"), t.f_contiguous()?));
+        }
+        out.sort_by(|a, b| a.0.cmp(&b.0));
+        Ok(out)
+    }
+
+    /// Puts back a state saved by [`Trainer::state_tensors`] after `steps` steps. Every
+    /// tensor must be there with its shape; the snapshot publisher (if any) is attached
+    /// afterwards with [`Trainer::publish_to`].
+    pub fn restore(&mut self, tensors: &[(String, Tensor)], steps: u64) -> Result<()> {
+        let _guard = tch::no_grad_guard();
+        let err = |message: String| Error::Data {
+            path: "checkpoint".into(),
+            message,
+        };
+        let map: std::collections::HashMap<&str, &Tensor> =
+            tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+        for (name, mut dst) in self.learner.var_store().variables() {
+            let key = format!("param/{name}");
+            let src = map
+                .get(key.as_str())
+                .ok_or_else(|| err(format!("the learner state has no tensor `{key}`")))?;
+            if src.size() != dst.size() {
+                return Err(err(format!(
+                    "tensor `{key}` has shape {:?}, the learner's is {:?} (was `trainer.model` \
+                     or its section changed?)",
+                    src.size(),
+                    dst.size()
+                )));
+            }
+            dst.f_copy_(src)?;
+        }
+        let opt: Vec<(String, Tensor)> = tensors
+            .iter()
+            .filter_map(|(n, t)| n.strip_prefix("opt/").map(|n| (n.to_string(), t.shallow_clone())))
+            .collect();
+        self.opt.restore(&opt, steps)?;
+        self.steps = steps;
+        Ok(())
+    }
 }
 
-/// Runs the train stage until the input closes. `on_epoch` sees each epoch's record as soon
-/// as it is evaluated. `start` is the run's start, for `wall_seconds`.
+/// Where the train stage stands: the epochs evaluated so far, the running figures of the
+/// current epoch, and the first super-batch it has not trained on. A checkpoint holds it
+/// (with the learner's tensors); [`run_train`] continues from it.
+#[derive(Debug, Clone, Default, Serialize, Deserialize, PartialEq)]
+pub struct TrainProgress {
+    /// Epochs finished and evaluated.
+    pub records: Vec<EpochRecord>,
+    /// Super-batch samples delivered in the current epoch.
+    pub seen: u64,
+    /// Samples trained on in the current epoch.
+    pub trained: u64,
+    /// Optimizer steps in the current epoch.
+    pub steps: u64,
+    /// Sum of the current epoch's step losses.
+    pub loss_sum: f64,
+    /// Global sequence number of the first super-batch not yet trained on (the loader's
+    /// restart point).
+    pub next_seq: u64,
+}
+
+/// What the train stage just did, for [`TrainHook::after`].
+pub enum TrainEvent<'a> {
+    /// One optimizer step on this sub-batch (its `record` is still there for an export).
+    Trained(&'a mut SubBatch),
+    /// An epoch ended and was evaluated (its record is the last of the progress).
+    EpochEnd(usize),
+}
+
+/// Called by [`run_train`] after each step and each evaluation, on the train thread, with
+/// the learner and the progress as they are at that point: the place where the pipeline
+/// writes what the trainer received (the export) and checkpoints.
+pub trait TrainHook {
+    /// See the trait's doc. An error stops the stage.
+    fn after(
+        &mut self,
+        event: TrainEvent<'_>,
+        trainer: &Trainer,
+        progress: &TrainProgress,
+    ) -> Result<()>;
+}
+
+/// The hook that does nothing.
+impl TrainHook for () {
+    fn after(&mut self, _: TrainEvent<'_>, _: &Trainer, _: &TrainProgress) -> Result<()> {
+        Ok(())
+    }
+}
+
+/// Runs the train stage from `progress` until the input closes. `on_epoch` sees each
+/// epoch's record as soon as it is evaluated. `start` is the run's start, for
+/// `wall_seconds`; `per_epoch` the super-batches of one epoch (to know where the next one
+/// starts).
+#[allow(clippy::too_many_arguments)]
 pub fn run_train(
     trainer: &mut Trainer,
     mut input: tokio::sync::mpsc::Receiver<Msg<SubBatch>>,
@@ -308,9 +419,10 @@ pub fn run_train(
     cancel: &Cancel,
     start: Instant,
     on_epoch: &(dyn Fn(&EpochRecord) + Send + Sync),
+    mut progress: TrainProgress,
+    per_epoch: u64,
+    hook: &mut dyn TrainHook,
 ) -> Result<Vec<EpochRecord>> {
-    let mut records = Vec::new();
-    let (mut seen, mut trained, mut steps, mut loss_sum) = (0u64, 0u64, 0u64, 0.0f64);
     loop {
         let t = Instant::now();
         let Some(msg) = input.blocking_recv() else {
@@ -322,32 +434,40 @@ pub fn run_train(
         }
         let t = Instant::now();
         match msg {
-            Msg::Data(sub) => {
+            Msg::Data(mut sub) => {
                 stats.received();
-                loss_sum += trainer.step(&sub.images, &sub.labels)?;
-                steps += 1;
-                seen += sub.superbatch_len as u64;
-                trained += sub.ids.len() as u64;
+                crate::stage::test_pause("train");
+                let p = &mut progress;
+                p.loss_sum += trainer.step(&sub.images, &sub.labels)?;
+                p.steps += 1;
+                p.seen += sub.superbatch_len as u64;
+                p.trained += sub.ids.len() as u64;
+                p.next_seq = sub.seq + 1;
                 stats.item(sub.ids.len());
+                hook.after(TrainEvent::Trained(&mut sub), trainer, &progress)?;
             }
             Msg::EpochEnd { epoch } => {
+                crate::stage::test_pause("eval");
+                let p = &mut progress;
                 let rec = EpochRecord {
                     epoch: epoch + 1,
                     test_accuracy: trainer.evaluate()?,
-                    train_loss: loss_sum / steps.max(1) as f64,
-                    images_seen: seen,
-                    images_trained: trained,
-                    steps,
+                    train_loss: p.loss_sum / p.steps.max(1) as f64,
+                    images_seen: p.seen,
+                    images_trained: p.trained,
+                    steps: p.steps,
                     wall_seconds: start.elapsed().as_secs_f64(),
                 };
                 on_epoch(&rec);
-                records.push(rec);
-                (seen, trained, steps, loss_sum) = (0, 0, 0, 0.0);
+                p.records.push(rec);
+                (p.seen, p.trained, p.steps, p.loss_sum) = (0, 0, 0, 0.0);
+                p.next_seq = (epoch as u64 + 1) * per_epoch;
+                hook.after(TrainEvent::EpochEnd(epoch), trainer, &progress)?;
             }
         }
         stats.busy(t.elapsed());
     }
-    Ok(records)
+    Ok(progress.records)
 }
 
 // ---- configuration ----

@@ -6,4 +6,5 @@ pub mod eval;
 pub mod layering;
 pub mod learners;
 pub mod pipeline;
+pub mod resume;
 pub mod within;

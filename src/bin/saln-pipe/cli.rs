@@ -29,6 +29,10 @@ pub enum Command {
         /// Override the report path.
         #[arg(long)]
         report: Option<PathBuf>,
+        /// Continue from the newest complete checkpoint in `checkpoint.dir` (refused when a
+        /// setting that changes the result differs from the checkpoint's).
+        #[arg(long)]
+        resume: bool,
     },
     /// Train the reference (feature) model on the held-out split and save its weights.
     Pretrain {

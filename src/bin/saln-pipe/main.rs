@@ -228,7 +228,8 @@ fn main() -> ExitCode {
             config,
             seed,
             report,
-        } => run_command(&config, seed, report),
+            resume,
+        } => run_command(&config, seed, report, resume),
         Command::Curate {
             config,
             out,
@@ -303,12 +304,13 @@ fn pretrain(config: &std::path::Path, force: bool) -> ExitCode {
     }
 }
 
-/// `saln-pipe run FILE [--seed N] [--report PATH]`: the whole pipeline, or the loader alone
+/// `saln-pipe run FILE [--seed N] [--report PATH] [--resume]`: the whole pipeline, or the loader alone
 /// when the file has a `loader_only:` block.
 fn run_command(
     config: &std::path::Path,
     seed: Option<u64>,
     report: Option<std::path::PathBuf>,
+    resume: bool,
 ) -> ExitCode {
     let mut cfg = match load(config) {
         Ok(c) => c,
@@ -323,7 +325,14 @@ fn run_command(
     if cfg.loader_only.is_some() {
         return run_loader_only(&cfg);
     }
-    block_on(run(cfg, pipeline::run))
+    block_on(run(
+        cfg,
+        if resume {
+            pipeline::resume
+        } else {
+            pipeline::run
+        },
+    ))
 }
 
 /// `saln-pipe curate FILE [--out DIR] [--overwrite] [--report PATH]`.
