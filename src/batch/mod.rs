@@ -531,6 +531,7 @@ impl ShardConfig {
                 Some(text) => text.trim().parse().unwrap_or_else(|_| {
                     issues.push(crate::error::ConfigIssue {
                         line: None,
+                        column: None,
                         key: format!("superbatch.shard.{key}"),
                         message: format!("${var} is `{text}`, not a whole number"),
                     });
@@ -543,12 +544,14 @@ impl ShardConfig {
         if world_size == 0 {
             issues.push(crate::error::ConfigIssue {
                 line: None,
+                column: None,
                 key: "superbatch.shard.world_size".into(),
                 message: "must be at least 1".into(),
             });
         } else if rank >= world_size {
             issues.push(crate::error::ConfigIssue {
                 line: None,
+                column: None,
                 key: "superbatch.shard.rank".into(),
                 message: format!(
                     "rank {rank} is not below world_size {world_size} (from the config, or $RANK / $WORLD_SIZE)"

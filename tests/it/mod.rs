@@ -1,8 +1,10 @@
 pub mod baselines;
+pub mod build;
 pub mod cli;
 pub mod common;
 pub mod docs;
 pub mod eval;
 pub mod layering;
 pub mod pipeline;
+pub mod signals;
 pub mod within;
