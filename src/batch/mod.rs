@@ -1133,7 +1133,7 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(
-            e.contains("augment.ops") && e.contains("vary in size"),
+            e.contains("augment.ops[") && e.contains("several sizes"),
             "{e}"
         );
     }

@@ -51,7 +51,7 @@ fn catches_signals(pid: u32) -> bool {
 fn stop_at(dir: &Path, cfg: &Path, signal: &str, after: Duration) {
     let _ = std::fs::remove_dir_all(dir.join("out"));
     let _ = std::fs::remove_file(dir.join("report.json"));
-    let mut child = Command::new(env!("CARGO_BIN_EXE_saln-pipe"))
+    let child = Command::new(env!("CARGO_BIN_EXE_saln-pipe"))
         .arg("curate")
         .arg(cfg)
         .stdout(Stdio::null())
