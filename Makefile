@@ -12,7 +12,7 @@ CARGO ?= cargo
 PIPELINE ?= pipelines/fashion-mnist.yaml
 BIN := target/release/saln-pipe
 
-.PHONY: all setup build demo test bench bench-loader lint fixtures eval eval-resnet gpu-prepare python test-python bench-python fuzz
+.PHONY: all setup build demo test bench bench-loader lint fixtures eval eval-resnet gpu-prepare python test-python bench-python fuzz signal-loop
 
 all: build
 
@@ -64,6 +64,11 @@ test: setup fixtures
 FUZZ_SECONDS ?= 600
 fuzz: setup
 	SALN_FUZZ_SECONDS=$(FUZZ_SECONDS) $(CARGO) test --release --locked --test fuzz -- --nocapture --test-threads=1
+
+# SIGINT / SIGTERM to `saln-pipe curate` at SALN_SIGNAL_TRIES (default 50) random moments:
+# every try must exit 130 with a cancelled report and no .partial file (tests/it/signals.rs).
+signal-loop: setup
+	$(CARGO) test --release --locked --test tests signals::signal_at_random_moments -- --ignored --nocapture
 
 # The Python package (python/, docs/python.md): maturin builds its extension against the
 # venv's torch (LIBTORCH_USE_PYTORCH=1, exported above) into the shared target/, pip installs

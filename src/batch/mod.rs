@@ -602,6 +602,7 @@ impl ShardConfig {
                 Some(text) => text.trim().parse().unwrap_or_else(|_| {
                     issues.push(crate::error::ConfigIssue {
                         line: None,
+                        column: None,
                         key: format!("superbatch.shard.{key}"),
                         message: format!("${var} is `{text}`, not a whole number"),
                     });
@@ -614,12 +615,14 @@ impl ShardConfig {
         if world_size == 0 {
             issues.push(crate::error::ConfigIssue {
                 line: None,
+                column: None,
                 key: "superbatch.shard.world_size".into(),
                 message: "must be at least 1".into(),
             });
         } else if rank >= world_size {
             issues.push(crate::error::ConfigIssue {
                 line: None,
+                column: None,
                 key: "superbatch.shard.rank".into(),
                 message: format!(
                     "rank {rank} is not below world_size {world_size} (from the config, or $RANK / $WORLD_SIZE)"
@@ -1207,7 +1210,7 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(
-            e.contains("augment.ops") && e.contains("vary in size"),
+            e.contains("augment.ops[") && e.contains("several sizes"),
             "{e}"
         );
     }

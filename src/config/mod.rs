@@ -40,6 +40,38 @@ pub use crate::source::{OnError, SourceConfig};
 pub use crate::stage::ChannelConfig;
 pub use crate::train::TrainerConfig;
 
+pub mod check;
+pub mod messages;
+
+/// Which resource checks [`PipelineConfig::resource_issues`] runs: those whose sections
+/// parsed (all of them for a file that parsed whole).
+#[derive(Debug, Clone, Copy)]
+pub struct ResourceChecks {
+    /// The device exists.
+    pub device: bool,
+    /// The extractor's model file exists (when the policy uses features), the reference
+    /// weights included.
+    pub model: bool,
+    /// The data set opens.
+    pub data: bool,
+    /// `$RANK` / `$WORLD_SIZE` (read when `superbatch.shard` leaves them unset) are usable.
+    pub shard: bool,
+    /// The op list brings the source's images to one size (when the source knows its shape
+    /// without decoding every image).
+    pub shapes: bool,
+}
+
+impl ResourceChecks {
+    /// Every check.
+    pub const ALL: ResourceChecks = ResourceChecks {
+        device: true,
+        model: true,
+        data: true,
+        shard: true,
+        shapes: true,
+    };
+}
+
 /// A whole pipeline: source -> augment -> super-batches -> extract + select -> train -> report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -381,6 +413,7 @@ impl PipelineConfig {
                     key: "device".into(),
                     message: e,
                     line: None,
+                    column: None,
                 });
             }
         }
@@ -393,6 +426,56 @@ impl PipelineConfig {
         }
         v.extend(issues.0);
         v
+    }
+
+    /// What `saln-pipe validate` checks beyond the values: [`PipelineConfig::check_resources`]
+    /// (device, model file), the reference weights `saln-pipe pretrain` writes, every data
+    /// file the run opens, the environment variables it reads, and the image-size rule.
+    /// Only the checks `which` selects run.
+    pub fn resource_issues(&self, which: ResourceChecks) -> Vec<ConfigIssue> {
+        let mut v = Issues::default();
+        if which.device {
+            if let Ok(d) = crate::device::parse(&self.device) {
+                if let Err(e) = crate::device::check(d) {
+                    v.at("device", e);
+                }
+            }
+        }
+        if which.model && self.selection.policy.needs_reference() {
+            let x = &self.extractor;
+            if x.kind == ExtractorKind::Reference {
+                v.check(x.weights.is_file(), "extractor.weights", || {
+                    format!(
+                        "{}: not found: train the reference model first with \
+                         `saln-pipe pretrain <pipeline.yaml>`",
+                        x.weights.display()
+                    )
+                });
+            }
+            x.check_resources(self.device(), &mut v);
+        }
+        if which.shard {
+            if let Err(Error::ConfigInvalid { issues, .. }) = self.superbatch.shard.resolve() {
+                v.0.extend(issues);
+            }
+        }
+        if which.data {
+            match crate::source::open(&self.source) {
+                // Value problems of the section are the value checks' to report.
+                Err(Error::ConfigInvalid { .. }) => {}
+                Err(e) => v.at("source", e.to_string()),
+                Ok(data) if which.shapes => {
+                    let aug = crate::augment::Augmenter::new(self.augment.ops.clone());
+                    if let Err(Error::ConfigInvalid { issues, .. }) =
+                        aug.output_shape(data.train.shape())
+                    {
+                        v.0.extend(issues);
+                    }
+                }
+                Ok(_) => {}
+            }
+        }
+        v.0
     }
 
     /// The loader stage's plan for `epochs` epochs over `indices`, from the sections it

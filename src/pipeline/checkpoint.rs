@@ -267,6 +267,7 @@ fn check_config(l: &Loaded, cfg: &PipelineConfig) -> Result<()> {
                         c.split_once(": ").map_or(c.as_str(), |x| x.1)
                     ),
                     line: None,
+                    column: None,
                 }
             })
             .collect(),

@@ -670,12 +670,11 @@ fn train_run(
         error = Some(e);
         Vec::new()
     });
-    let mut report = curation_report(cfg, &info, summary, &stats, start);
+    let mut report = curation_report(cfg, &info, summary, &stats, start, streaming_seconds);
     report.data.test_samples = test_samples;
     (report.data.test_skipped, report.data.test_first_skipped) = test_skipped;
     report.epochs = epochs;
     let mut report = report.ended(error.as_ref(), cancel.is_cancelled());
-    report.overlap = Overlap::from_stages(&report.stages, streaming_seconds);
     report.export = exported;
     report.checkpoints = checkpoints;
     write_report(report, error, &cfg.report.path)
@@ -758,10 +757,15 @@ pub(crate) fn curation_report(
     summary: CurationSummary,
     stats: &[Arc<StageStats>],
     start: Instant,
+    streaming_seconds: f64,
 ) -> Report {
     let mut report = Report::new(cfg, crate::device::name(info.device));
     report.data = DataReport::new(&info.split, summary.loader);
-    report.stages = stats.iter().map(|s| s.snapshot()).collect();
+    let stages: Vec<_> = stats.iter().map(|s| s.snapshot()).collect();
+    // The loader's count is the scale of every rate, so the overlap sees every stage; the
+    // report lists only the stages that ran.
+    report.overlap = Overlap::from_stages(&stages, streaming_seconds);
+    report.stages = stages.into_iter().filter(|s| s.ran()).collect();
     report.selection = summary.selection;
     report.wall_seconds = start.elapsed().as_secs_f64();
     report

@@ -204,6 +204,7 @@ fn open_format(cfg: &SourceConfig) -> Result<DataSet> {
                 key: "source".into(),
                 message: "no data set given".into(),
                 line: None,
+                column: None,
             }],
         });
     };

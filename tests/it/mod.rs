@@ -1,4 +1,5 @@
 pub mod baselines;
+pub mod build;
 pub mod cli;
 pub mod common;
 pub mod docs;
@@ -7,4 +8,5 @@ pub mod layering;
 pub mod learners;
 pub mod pipeline;
 pub mod resume;
+pub mod signals;
 pub mod within;
