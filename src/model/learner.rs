@@ -4,7 +4,7 @@
 //! trained through its parameters).
 //!
 //! All three live in one `VarStore`, so the optimizer ([`crate::model::optim`]), the
-//! learner snapshots of the learner-aware policies ([`crate::select::learner`]) and the
+//! learner snapshots of the learner-aware policies (`select::learner`) and the
 //! saved weights treat them alike. The variables of a `resnet` carry torchvision's
 //! `state_dict()` names, so the saved file loads into `torchvision.models.resnet18` (with
 //! the stem swapped for [`Stem::Small`]); a `torchscript` learner is saved as a TorchScript

@@ -51,8 +51,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "config",
         &[
-            "error", "device", "stage", "source", "augment", "batch", "select", "extract", "train",
-            "export",
+            "error", "device", "stage", "model", "source", "augment", "batch", "select", "extract",
+            "train", "export",
         ],
     ),
     (
