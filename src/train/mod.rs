@@ -351,7 +351,10 @@ impl Trainer {
         }
         let opt: Vec<(String, Tensor)> = tensors
             .iter()
-            .filter_map(|(n, t)| n.strip_prefix("opt/").map(|n| (n.to_string(), t.shallow_clone())))
+            .filter_map(|(n, t)| {
+                n.strip_prefix("opt/")
+                    .map(|n| (n.to_string(), t.shallow_clone()))
+            })
             .collect();
         self.opt.restore(&opt, steps)?;
         self.steps = steps;
@@ -595,7 +598,7 @@ impl TrainerConfig {
     /// remaining steps.
     ///
     /// ```
-    /// let mut t: saln::train::TrainerConfig = serde_yaml::from_str("lr: 1.0\nwarmup: 0.1").unwrap();
+    /// let mut t: saln::train::TrainerConfig = serde_saphyr::from_str("lr: 1.0\nwarmup: 0.1").unwrap();
     /// assert_eq!(t.lr_at(0, 100), 0.1);
     /// assert_eq!(t.lr_at(9, 100), 1.0);
     /// assert_eq!(t.lr_at(50, 100), 1.0);
