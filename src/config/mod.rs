@@ -322,14 +322,21 @@ impl PipelineConfig {
     /// current directory, as with every command-line tool, not from the file's folder.
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
-        let mut cfg = Self::from_yaml_str(&text, path)?;
-        if cfg.checkpoint.dir.is_none() {
+        Self::from_yaml_str(&text, path)
+    }
+
+    /// Names the checkpoint folder after the pipeline file `path` when the YAML leaves
+    /// `checkpoint.dir` out (`target/saln/checkpoints/<file name without .yaml>`). The
+    /// command line does this for `run`; it is not done by [`PipelineConfig::load`], so that
+    /// the configuration recorded in an export (its `saln.config` metadata) is the same
+    /// whether the YAML came from a file or a string.
+    pub fn name_checkpoints_after(&mut self, path: &Path) {
+        if self.checkpoint.dir.is_none() {
             let stem = path
                 .file_stem()
                 .map_or("run".into(), |s| s.to_string_lossy());
-            cfg.checkpoint.dir = Some(PathBuf::from("target/saln/checkpoints").join(&*stem));
+            self.checkpoint.dir = Some(PathBuf::from("target/saln/checkpoints").join(&*stem));
         }
-        Ok(cfg)
     }
 
     /// Parses and validates YAML text; `origin` names it in messages.

@@ -302,6 +302,7 @@ fn run_command(
     if let Some(r) = report {
         cfg.report.path = r;
     }
+    cfg.name_checkpoints_after(config);
     if cfg.loader_only.is_some() {
         return run_loader_only(&cfg, signals.graceful());
     }
