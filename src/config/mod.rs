@@ -390,13 +390,15 @@ impl PipelineConfig {
                 ),
             );
         }
+        let learner_state_copies = self
+            .trainer
+            .learner_spec()
+            .is_ok_and(|s| s.state_in_var_store());
         if policy.needs_learner()
-            && !self
-                .trainer
-                .learner_spec()
-                .is_ok_and(|s| s.state_in_var_store())
+            && !learner_state_copies
+            && self.trainer.model == crate::model::learner::LearnerKind::Torchscript
         {
-            if self.trainer.model == crate::model::learner::LearnerKind::Torchscript {
+            {
                 v.at(
                     "selection.policy",
                     format!(

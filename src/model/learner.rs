@@ -111,7 +111,7 @@ impl LearnerSpec {
 }
 
 enum Net {
-    Cnn(Cnn),
+    Cnn(Box<Cnn>),
     ResNet(ResNet),
     Script(tch::CModule),
 }
@@ -152,7 +152,9 @@ impl Learner {
         let (vs, net) = crate::model::seeded(seed, || -> Result<(nn::VarStore, Net)> {
             let vs = nn::VarStore::new(device);
             let net = match spec {
-                LearnerSpec::Cnn(arch) => Net::Cnn(Cnn::new(&vs.root(), arch, shape, classes)),
+                LearnerSpec::Cnn(arch) => {
+                    Net::Cnn(Box::new(Cnn::new(&vs.root(), arch, shape, classes)))
+                }
                 LearnerSpec::ResNet(r) => Net::ResNet(ResNet::build(
                     ResNetSpec {
                         arch: r.arch,

@@ -212,7 +212,7 @@ impl Optimizer {
                     };
                     if cfg.momentum > 0.0 {
                         if self.t == 1 {
-                            let _ = s0.f_copy_(&g)?;
+                            s0.f_copy_(&g)?;
                         } else {
                             let _ = s0.f_mul_scalar_(cfg.momentum)?.f_add_(&g)?;
                         }
@@ -286,7 +286,7 @@ impl Optimizer {
                         ),
                     });
                 }
-                let _ = dst.f_copy_(src)?;
+                dst.f_copy_(src)?;
             }
         }
         self.t = steps;
@@ -383,8 +383,9 @@ mod tests {
     /// `fixtures/optim_reference.py`.
     #[test]
     fn updates_equal_pytorchs() {
+        type Case = (OptimizerKind, f64, bool, f64, [f32; 4], [f32; 2]);
         #[rustfmt::skip]
-        let cases: [(OptimizerKind, f64, bool, f64, [f32; 4], [f32; 2]); 6] = [
+        let cases: [Case; 6] = [
             (OptimizerKind::Sgd, 0.0, false, 0.0, [-0.1248567, 0.7673431, -1.798052, 0.002275285], [0.3645, -0.3645]),
             (OptimizerKind::Sgd, 0.9, true, 0.1, [-84.20465, 235.4068, -436.8571, -33.72764], [0.1636605, -0.1636605]),
             (OptimizerKind::Sgd, 0.9, false, 0.1, [-3.682325, 9.721679, -17.52881, -1.546534], [0.243, -0.243]),
