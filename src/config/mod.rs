@@ -390,25 +390,16 @@ impl PipelineConfig {
                 ),
             );
         }
-        let learner_state_copies = self
-            .trainer
-            .learner_spec()
-            .is_ok_and(|s| s.state_in_var_store());
-        if policy.needs_learner()
-            && !learner_state_copies
-            && self.trainer.model == crate::model::learner::LearnerKind::Torchscript
-        {
-            {
-                v.at(
-                    "selection.policy",
-                    format!(
-                        "{} scores samples with snapshots of the learner, and a TorchScript \
-                         learner's buffers (batch-norm statistics) cannot be copied into one; \
-                         use trainer.model: cnn or resnet with this policy",
-                        policy.name()
-                    ),
-                );
-            }
+        if policy.needs_learner() && !self.trainer.model.state_in_var_store() {
+            v.at(
+                "selection.policy",
+                format!(
+                    "{} scores samples with snapshots of the learner, and a TorchScript \
+                     learner's buffers (batch-norm statistics) cannot be copied into one; \
+                     use trainer.model: cnn or resnet with this policy",
+                    policy.name()
+                ),
+            );
         }
     }
 

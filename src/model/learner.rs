@@ -40,6 +40,13 @@ impl LearnerKind {
             LearnerKind::Torchscript => "torchscript",
         }
     }
+
+    /// Whether the learner's whole state is in its `VarStore`, so that a snapshot of the
+    /// variables is a snapshot of the learner. A TorchScript module's buffers (batch-norm
+    /// statistics, say) are not: tch registers only its parameters.
+    pub fn state_in_var_store(self) -> bool {
+        self != LearnerKind::Torchscript
+    }
 }
 
 /// `trainer.resnet`.
@@ -101,12 +108,6 @@ impl LearnerSpec {
         v.check(file.is_file(), key, || {
             format!("{}: not found", file.display())
         });
-    }
-
-    /// Whether the learner's whole state is in its `VarStore`. A TorchScript module's
-    /// buffers (batch-norm statistics, say) are not: tch registers only its parameters.
-    pub fn state_in_var_store(&self) -> bool {
-        !matches!(self, LearnerSpec::TorchScript(_))
     }
 }
 

@@ -155,15 +155,22 @@ impl Optimizer {
     /// The L2 norm of all gradients together.
     pub fn grad_norm(&self) -> Result<f64> {
         let _guard = tch::no_grad_guard();
-        let mut sum = 0.0;
-        for (_, p) in &self.params {
-            let g = p.grad();
-            if g.defined() {
-                let n = g.f_norm()?.f_double_value(&[])?;
-                sum += n * n;
-            }
+        // The per-tensor norms stay on the device; one value is read back (one sync per
+        // step on CUDA, not one per tensor).
+        let norms = self
+            .params
+            .iter()
+            .map(|(_, p)| p.grad())
+            .filter(|g| g.defined())
+            .map(|g| g.f_norm())
+            .collect::<std::result::Result<Vec<_>, _>>()?;
+        if norms.is_empty() {
+            return Ok(0.0);
         }
-        Ok(sum.sqrt())
+        let total = Tensor::f_stack(&norms, 0)?
+            .f_to_kind(tch::Kind::Double)?
+            .f_norm()?;
+        Ok(total.f_double_value(&[])?)
     }
 
     /// Multiplies every gradient by `factor`.

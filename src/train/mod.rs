@@ -225,8 +225,12 @@ impl Trainer {
     pub fn step(&mut self, images: &Tensor, labels: &Tensor) -> Result<f64> {
         let lr = self.current_lr();
         self.opt.zero_grad()?;
-        let mixed = self.scaler.is_some();
-        let logits = tch::autocast(mixed, || self.learner.forward(images))?;
+        // Autocast only when asked: entering and leaving it clears libtorch's cast cache.
+        let logits = if self.scaler.is_some() {
+            tch::autocast(true, || self.learner.forward(images))?
+        } else {
+            self.learner.forward(images)?
+        };
         let loss = smoothed_cross_entropy(&logits, labels, self.cfg.label_smoothing)?;
         let take = match &mut self.scaler {
             Some(scaler) => {

@@ -145,20 +145,12 @@ with torch.no_grad():
         "max |saln - torchvision| = {diff}: {ours:?} vs {theirs:?}"
     );
     // The learner trained: its logits are not those of a fresh initialisation.
-    let fresh = Learner::build(
-        &LearnerSpec::ResNet(ResNetLearnerConfig {
-            weights: None,
-            ..match &spec {
-                LearnerSpec::ResNet(r) => r.clone(),
-                _ => unreachable!(),
-            }
-        }),
-        (1, 16, 16),
-        10,
-        5,
-        Device::Cpu,
-    )
-    .unwrap();
+    let fresh_spec = LearnerSpec::ResNet(ResNetLearnerConfig {
+        arch: ResNetArch::Resnet18,
+        stem: Stem::Small,
+        weights: None,
+    });
+    let fresh = Learner::build(&fresh_spec, (1, 16, 16), 10, 5, Device::Cpu).unwrap();
     let fresh_state = fresh.state_dict(0).unwrap();
     let trained_state = learner.state_dict(0).unwrap();
     let moved = fresh_state
