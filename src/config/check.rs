@@ -40,13 +40,11 @@ struct Sections {
     loader_only: Option<super::LoaderOnlyConfig>,
 }
 
-impl Sections {
-    /// Moves the sections `other` has into `self`.
-    fn absorb(&mut self, other: Sections) {
-        macro_rules! take {
-            ($($f:ident),*) => {$( if other.$f.is_some() { self.$f = other.$f; } )*};
-        }
-        take!(
+/// Calls the macro `$m` with the sections `PipelineConfig` holds as plain fields (filled
+/// with defaults when absent); `export` and `loader_only` are `Option`s there too.
+macro_rules! defaulted_sections {
+    ($m:ident) => {
+        $m!(
             seed,
             device,
             torch_threads,
@@ -57,10 +55,19 @@ impl Sections {
             selection,
             trainer,
             channels,
-            report,
-            export,
-            loader_only
-        );
+            report
+        )
+    };
+}
+
+impl Sections {
+    /// Moves the sections `other` has into `self`.
+    fn absorb(&mut self, other: Sections) {
+        macro_rules! take {
+            ($($f:ident),*) => {$( if other.$f.is_some() { self.$f = other.$f; } )*};
+        }
+        defaulted_sections!(take);
+        take!(export, loader_only);
     }
 }
 
@@ -236,19 +243,7 @@ fn partial_config(s: &Sections) -> Option<PipelineConfig> {
     macro_rules! fill {
         ($($f:ident),*) => {$( if let Some(v) = &s.$f { c.$f = v.clone(); } )*};
     }
-    fill!(
-        seed,
-        device,
-        torch_threads,
-        source,
-        augment,
-        superbatch,
-        extractor,
-        selection,
-        trainer,
-        channels,
-        report
-    );
+    defaulted_sections!(fill);
     c.export = s.export.clone();
     c.loader_only = s.loader_only.clone();
     Some(c)
