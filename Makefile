@@ -12,7 +12,7 @@ CARGO ?= cargo
 PIPELINE ?= pipelines/fashion-mnist.yaml
 BIN := target/release/saln-pipe
 
-.PHONY: all setup build demo test bench bench-loader lint fixtures eval gpu-prepare python test-python bench-python
+.PHONY: all setup build demo test bench bench-loader lint fixtures eval eval-resnet gpu-prepare python test-python bench-python fuzz signal-loop
 
 all: build
 
@@ -30,6 +30,10 @@ demo: build
 EVAL ?= pipelines/eval-fashion-mnist.yaml
 eval: build
 	$(BIN) eval $(EVAL)
+
+# Issue 15's grid: a ResNet-18 learner (docs/learners.md), about 3 hours on 2 cores.
+eval-resnet: build
+	$(BIN) eval pipelines/eval-fashion-mnist-resnet.yaml
 
 # Benchmarks that print figures (ratios against a baseline measured in the same run).
 bench: build
@@ -54,6 +58,17 @@ test: setup fixtures
 	$(CARGO) test --release --locked -p saln-build
 	CARGO_TARGET_DIR="$(CURDIR)/target" CARGO="$(CARGO)" scripts/check-embed.sh
 	@$(MAKE) --no-print-directory test-python
+
+# Fuzzing of every parser of untrusted bytes (tests/fuzz.rs): each harness for FUZZ_SECONDS
+# seconds; prints cases tried and crashes found per harness. (`make test` runs 3 s each.)
+FUZZ_SECONDS ?= 600
+fuzz: setup
+	SALN_FUZZ_SECONDS=$(FUZZ_SECONDS) $(CARGO) test --release --locked --test fuzz -- --nocapture --test-threads=1
+
+# SIGINT / SIGTERM to `saln-pipe curate` at SALN_SIGNAL_TRIES (default 50) random moments:
+# every try must exit 130 with a cancelled report and no .partial file (tests/it/signals.rs).
+signal-loop: setup
+	$(CARGO) test --release --locked --test tests signals::signal_at_random_moments -- --ignored --nocapture
 
 # The Python package (python/, docs/python.md): maturin builds its extension against the
 # venv's torch (LIBTORCH_USE_PYTORCH=1, exported above) into the shared target/, pip installs

@@ -21,7 +21,7 @@ OUT=target/bench-stream
 mkdir -p "$OUT"
 scripts/setup.sh stream >&2
 cargo build --release --quiet --bin saln-pipe
-BIN=target/release/saln-pipe
+BIN="${CARGO_TARGET_DIR:-target}/release/saln-pipe"
 
 if [ ! -f "$OUT/shards/train-000059.parquet" ]; then
   cat > "$OUT/idx.yaml" <<YAML

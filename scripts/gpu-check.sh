@@ -189,7 +189,8 @@ failure() {
 # On cpu a CUDA-only check must be refused: exit 2 and a message naming KEY.
 refused() { # ID NAME KEY
   local line
-  line=$(grep -m1 -F "$3:" "$LOGS/$1.log" 2>/dev/null | sed 's/^ *- //; s/^error: //' | tr '|' /)
+  # The key, then `:` or its place (`device (line 3):`, as `saln-pipe validate` writes it).
+  line=$(grep -m1 -E "$3( \(line [0-9]+[^)]*\))?:" "$LOGS/$1.log" 2>/dev/null | sed 's/^ *- //; s/^error: //' | tr '|' /)
   if [ "$RC" = 2 ] && [ -n "$line" ]; then
     row "$2" "ok" "refused on cpu, exit 2: ${line:0:160}"
   else

@@ -15,13 +15,18 @@ pub struct ConfigIssue {
     pub message: String,
     /// 1-based line of the key in the YAML, when it is written there (not for defaults).
     pub line: Option<usize>,
+    /// 1-based column, when the parser pointed at one (unknown keys and values, wrong types).
+    pub column: Option<usize>,
 }
 
 impl std::fmt::Display for ConfigIssue {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        match self.line {
-            Some(l) => write!(f, "{} (line {l}): {}", self.key, self.message),
-            None => write!(f, "{}: {}", self.key, self.message),
+        match (self.line, self.column) {
+            (Some(l), Some(c)) => {
+                write!(f, "{} (line {l}, column {c}): {}", self.key, self.message)
+            }
+            (Some(l), None) => write!(f, "{} (line {l}): {}", self.key, self.message),
+            _ => write!(f, "{}: {}", self.key, self.message),
         }
     }
 }
@@ -37,6 +42,7 @@ impl Issues {
             key: key.into(),
             message: message.into(),
             line: None,
+            column: None,
         })
     }
 
@@ -235,6 +241,7 @@ impl Error {
                 key: key.into(),
                 message: message.into(),
                 line: None,
+                column: None,
             }],
         }
     }

@@ -8,8 +8,12 @@
 //! [`Loader::into_stream`] (a `futures_core::Stream`).
 //!
 //! - **Feedback**: [`Batch::report_losses`] hands the per-sample losses of your step back
-//!   into a shared [`LossTable`] (see [`Loader::losses`]) that learner-aware selection
-//!   policies read.
+//!   into a shared [`LossTable`] (see [`Loader::losses`]). With a learner-aware policy
+//!   (`loss`, `rho-loss`, `jest`) the selection stage scores super-batches from it: the
+//!   samples with the highest reported loss (or reducible loss) are kept, samples with no
+//!   loss yet first. Report each batch before asking for the one `snapshot_lag + 1` after
+//!   it; the selection is then a function of the seed and the losses you report
+//!   ([`crate::select::feedback`] has the rules).
 //! - **Export**: with an `export:` section (or [`LoaderBuilder::export`]) every curated
 //!   super-batch you receive is also written as Parquet rows (see [`crate::export`]).
 //! - **Shutdown**: dropping the loader, even mid-epoch, cancels every stage, closes the
@@ -63,12 +67,13 @@ use std::sync::Arc;
 use tch::{Device, Kind, Tensor};
 
 use crate::augment::AugmentOp;
-use crate::batch::LoaderSummary;
+use crate::batch::{LoaderState, LoaderSummary};
 use crate::config::PipelineConfig;
 use crate::error::{Error, Result};
 use crate::export::{ExportConfig, ExportItem, ExportStage, ExportSummary};
-use crate::pipeline::{export_stage, Cancel, CurationHandle, Launch, Msg, RunInfo};
+use crate::pipeline::{export_stage, Cancel, CurationHandle, Launch, Msg, ResumeStart, RunInfo};
 use crate::select::feedback::LossTable;
+use crate::select::outcome::Acc;
 use crate::select::outcome::{SelectionStats, SubBatch};
 use crate::select::Policy;
 use crate::source::{DataSet, MemorySource, Source};
@@ -111,7 +116,10 @@ impl Batch {
 
     /// Hands the per-sample losses of this batch back to the pipeline: `losses` is `[n]`
     /// (any float dtype, any device, gradients ignored), in the order of `ids`. Errors when
-    /// the count differs or a loss is not finite (naming the sample); nothing is stored then.
+    /// the count differs or a loss is not finite (naming the sample), and, when a
+    /// learner-aware policy reads the losses, when this batch was reported already or the
+    /// loop has asked for the batch `selection.snapshot_lag + 1` after it; nothing is
+    /// stored then.
     pub fn report_losses(&self, losses: &Tensor) -> Result<()> {
         let v = Vec::<f32>::try_from(
             losses
@@ -174,6 +182,7 @@ pub struct LoaderReport {
 pub struct LoaderBuilder {
     cfg: PipelineConfig,
     source: Option<Arc<dyn Source>>,
+    resume: Option<LoaderState>,
 }
 
 impl LoaderBuilder {
@@ -183,6 +192,7 @@ impl LoaderBuilder {
         LoaderBuilder {
             cfg: cfg.clone(),
             source: None,
+            resume: None,
         }
     }
 
@@ -198,6 +208,7 @@ impl LoaderBuilder {
         LoaderBuilder {
             cfg,
             source: Some(source),
+            resume: None,
         }
     }
 
@@ -256,12 +267,65 @@ impl LoaderBuilder {
         &mut self.cfg
     }
 
+    /// Starts at `state` (from [`Loader::state`] of an earlier loader with the same
+    /// settings and seed) instead of the beginning: the batches are the ones that loader
+    /// would have yielded next, the same ids, images and selection, because every order,
+    /// augmentation and random selection is a function of the seed, the epoch and the
+    /// sample. Keep the state in your training checkpoint next to your model and optimizer.
+    ///
+    /// ```
+    /// use std::sync::Arc;
+    /// use saln::loader::{Item, Loader};
+    /// use saln::source::{MemorySource, RawImage, Sample};
+    ///
+    /// let source = || {
+    ///     let samples = (0..60u64)
+    ///         .map(|i| Sample {
+    ///             id: i,
+    ///             label: (i % 2) as i64,
+    ///             image: RawImage { channels: 1, height: 4, width: 4, data: vec![i as u8; 16] },
+    ///         })
+    ///         .collect();
+    ///     Arc::new(MemorySource::new("mem", samples, 2))
+    /// };
+    /// let build = || Loader::builder(source()).policy(saln::select::Policy::Uniform)
+    ///     .keep_ratio(0.5).superbatch_size(10).epochs(2);
+    /// let ids = |l: &mut Loader, n: usize| -> Vec<u64> {
+    ///     l.by_ref().filter_map(|i| i.unwrap().batch()).take(n).flat_map(|b| b.ids).collect()
+    /// };
+    /// let all = ids(&mut build().build()?, 12);
+    /// let mut first = build().build()?;
+    /// let head = ids(&mut first, 4);
+    /// let state = first.state();
+    /// assert_eq!((state.epoch, state.superbatch), (0, 4));
+    /// let json = serde_json::to_string(&state).unwrap(); // keep it anywhere
+    /// drop(first);
+    /// let mut resumed = build().resume(serde_json::from_str(&json).unwrap()).build()?;
+    /// let tail = ids(&mut resumed, 8);
+    /// assert_eq!([head, tail].concat(), all);
+    /// # Ok::<(), saln::Error>(())
+    /// ```
+    pub fn resume(mut self, state: LoaderState) -> Self {
+        self.resume = Some(state);
+        self
+    }
+
     /// Validates the settings, opens the data, loads the reference model when the policy
     /// needs it, prepares the export folder and starts the stages.
     pub fn build(self) -> Result<Loader> {
         let cfg = self.cfg;
         let cancel = Cancel::default();
-        let mut launch = Launch::new(&cfg).prepare_export();
+        let losses = Arc::new(LossTable::default());
+        let mut launch = Launch::new(&cfg).prepare_export().feedback(losses.clone());
+        if let Some(at) = self.resume {
+            launch = launch.resume(ResumeStart {
+                at,
+                loaded: LoaderSummary::default(),
+                sent: 0,
+                tally: Acc::new(),
+                export_files: Vec::new(),
+            });
+        }
         if let Some(src) = self.source {
             let classes = src.num_classes();
             launch = launch.data(Arc::new(DataSet {
@@ -290,6 +354,7 @@ impl LoaderBuilder {
             export,
             cancel,
             step: 0,
+            next: self.resume.unwrap_or_default(),
             report: None,
         })
     }
@@ -304,6 +369,7 @@ pub struct Loader {
     losses: Arc<LossTable>,
     cancel: Cancel,
     step: u64,
+    next: LoaderState,
     report: Option<LoaderReport>,
 }
 
@@ -325,6 +391,16 @@ impl Loader {
     /// A loader over a pipeline config; see [`LoaderBuilder::from_config`].
     pub fn from_config(cfg: &PipelineConfig) -> Result<Loader> {
         LoaderBuilder::from_config(cfg).build()
+    }
+
+    /// Where this loader stands: the super-batch after the last batch it yielded (or the
+    /// first of the next epoch after an [`Item::EpochEnd`]). Serialisable; a loader built
+    /// with [`LoaderBuilder::resume`] from it continues exactly there. A state taken after
+    /// the last batch of an epoch resumes at the next epoch, without that epoch's
+    /// `EpochEnd` item. (An export, and learner-aware policies, are not resumed this way:
+    /// `saln-pipe run --resume` does that.)
+    pub fn state(&self) -> LoaderState {
+        self.next
     }
 
     /// The data set, split, image shape, classes and device of the run.
@@ -363,6 +439,8 @@ impl Loader {
                 };
                 let step = self.step;
                 self.step += 1;
+                let per = self.info.superbatches_per_epoch as u64;
+                self.next = LoaderState::at(sub.seq + 1, per);
                 let batch = Batch {
                     epoch: sub.epoch,
                     step,
@@ -376,10 +454,16 @@ impl Loader {
                 };
                 (Item::Batch(batch), export)
             }
-            Msg::EpochEnd { epoch } => (
-                Item::EpochEnd { epoch },
-                exporting.then_some(Msg::EpochEnd { epoch }),
-            ),
+            Msg::EpochEnd { epoch } => {
+                self.next = LoaderState {
+                    epoch: epoch + 1,
+                    superbatch: 0,
+                };
+                (
+                    Item::EpochEnd { epoch },
+                    exporting.then_some(Msg::EpochEnd { epoch }),
+                )
+            }
         })
     }
 
@@ -430,6 +514,9 @@ impl Loader {
     /// The next item, waiting for it asynchronously; `None` at the end. After an error
     /// (yielded once) the loader is stopped and yields `None`.
     pub async fn recv(&mut self) -> Option<Result<Item>> {
+        // Asking for the next batch settles the unreported ones far enough behind it
+        // (`select::feedback`).
+        self.losses.asked(self.step);
         let msg = self.rx.as_mut()?.recv().await;
         let Some(msg) = msg else {
             return self.end(false);
@@ -503,6 +590,7 @@ impl Iterator for Loader {
     /// The next item, blocking until it is ready; `None` at the end. Do not call from
     /// inside an async runtime (use [`Loader::recv`] there).
     fn next(&mut self) -> Option<Result<Item>> {
+        self.losses.asked(self.step);
         let msg = self.rx.as_mut()?.blocking_recv();
         let Some(msg) = msg else {
             return self.end(false);

@@ -105,6 +105,25 @@ pub struct Report {
     /// What the Parquet export wrote (runs with an `export:` section).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub export: Option<crate::export::ExportSummary>,
+    /// Checkpoints written by this process, and the one it resumed from (`saln-pipe run`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub checkpoints: Option<CheckpointReport>,
+}
+
+/// What checkpointing cost and where a resumed run started.
+#[derive(Debug, Clone, Default, Serialize, PartialEq)]
+pub struct CheckpointReport {
+    /// The run folder.
+    pub dir: std::path::PathBuf,
+    /// Checkpoints written by this process.
+    pub written: u64,
+    /// Mean seconds per checkpoint (the train stage waits that long).
+    pub mean_seconds: f64,
+    /// Bytes of the last checkpoint written.
+    pub last_bytes: u64,
+    /// The optimizer step of the checkpoint this run resumed from (`--resume`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub resumed_from_step: Option<u64>,
 }
 
 impl Report {
@@ -126,6 +145,7 @@ impl Report {
             overlap: Overlap::default(),
             wall_seconds: 0.0,
             export: None,
+            checkpoints: None,
         }
     }
 

@@ -190,7 +190,11 @@ class Loader:
     augmented and normalised, handed over without a copy), ``labels`` (``[n]`` int64, same
     device), ``ids`` (``[n]`` int64, CPU: stable sample ids), ``scores`` (``[n]`` float32,
     CPU: the selector's scores), ``epoch``, ``step``, ``superbatch``, ``superbatch_size``
-    and ``report_losses(t)``. Waiting for a batch releases the GIL. ``close()`` (or leaving
+    and ``report_losses(t)``. With ``selection.policy`` ``loss``, ``rho-loss`` or ``jest``
+    the reported losses decide what later batches keep (samples with no loss yet first);
+    batch ``j`` is scored with the losses of batches ``0 .. j - selection.snapshot_lag``,
+    so report each batch before asking for the one ``snapshot_lag + 1`` after it
+    (docs/python.md). Waiting for a batch releases the GIL. ``close()`` (or leaving
     the ``with`` block, or dropping the loader) stops every stage and joins its threads.
     """
 

@@ -14,7 +14,10 @@ ids and scores are those of ``saln-pipe curate``::
     saln.ray.write_parquet(kept, "curated/")             # saln-pipe curate's columns
 
 The columns of what a Curator returns are those of saln's Parquet export
-(docs/parquet-schema.md, ``SCHEMA`` here), kept rows only unless ``include_rejected``.
+(docs/parquet-schema.md, ``SCHEMA`` here, plus ``features`` with ``include_features``),
+kept rows only unless ``include_rejected``; its tables carry the key/value metadata
+``saln-pipe curate`` writes into its files (``saln.policy``, ..., ``saln.config``), and
+``write_parquet`` writes both.
 """
 
 from __future__ import annotations
@@ -51,6 +54,17 @@ SCHEMA = pa.schema(
 COLUMNS = SCHEMA.names
 
 
+def export_schema(feature_dim: int | None = None, metadata: dict | None = None) -> pa.Schema:
+    """The schema of ``saln-pipe curate``'s files: ``SCHEMA``, plus, with ``feature_dim``,
+    ``features`` (a non-nullable fixed-size list of that many non-nullable float32), with
+    ``metadata`` (saln's key/value metadata)."""
+    fields = list(SCHEMA)
+    if feature_dim is not None:
+        item = pa.field("item", pa.float32(), nullable=False)
+        fields.append(pa.field("features", pa.list_(item, feature_dim), nullable=False))
+    return pa.schema(fields, metadata=metadata)
+
+
 def _as_table(batch: Any) -> pa.Table:
     if isinstance(batch, pa.Table):
         return batch
@@ -83,6 +97,11 @@ class Curator:
     - ``source`` and ``source_index`` if present, copied to the output (else ``#ID`` and
       the id).
 
+    ``include_rejected`` and ``include_features`` default to the config's ``export``
+    section, as for ``saln-pipe curate`` (``False`` without one): all rows rather than the
+    kept ones, and the reference model's feature vector of each row (whatever the policy;
+    the model is then loaded for ``uniform`` and ``none`` too).
+
     ``epoch`` is the epoch of the augmentation streams; ``total_superbatches`` gives the
     training progress ``superbatch / total`` that keep-ratio schedules read (constant
     schedules need none). ``num_classes`` is needed by ``extractor.kind: reference`` (its
@@ -99,14 +118,20 @@ class Curator:
         id_column: str = "id",
         epoch: int = 0,
         total_superbatches: int | None = None,
-        include_rejected: bool = False,
+        include_rejected: bool | None = None,
+        include_features: bool | None = None,
         passthrough: Sequence[str] = (),
         **overrides: Any,
     ) -> None:
         self._selector = _saln.SuperBatchSelector(
-            *_config_args(config, overrides), num_classes=num_classes
+            *_config_args(config, overrides),
+            num_classes=num_classes,
+            include_features=include_features,
         )
         cfg = json.loads(self._selector.config_json())
+        if include_rejected is None:
+            include_rejected = bool((cfg.get("export") or {}).get("include_rejected", False))
+        self.metadata = dict(self._selector.export_metadata())
         parquet = (cfg.get("source") or {}).get("parquet") or {}
         self.image_column = parquet.get("image_column", "image")
         self.label_column = parquet.get("label_column", "label")
@@ -127,7 +152,7 @@ class Curator:
         t = _as_table(batch)
         n = t.num_rows
         if n == 0:
-            return SCHEMA.empty_table()
+            return export_schema(None, self.metadata).empty_table()
         images = self._column(t, self.image_column)
         if pa.types.is_struct(images.type):
             images = pc.struct_field(images, "bytes")
@@ -146,7 +171,7 @@ class Curator:
         else:
             superbatch = ids[0]
         progress = superbatch / self.total_superbatches if self.total_superbatches else 0.0
-        positions, kept, scores, ranks, _, _ = self._selector.select(
+        positions, kept, scores, ranks, _, _, dim, features = self._selector.select(
             images, ids, superbatch, epoch=self.epoch, progress=progress
         )
         size = len(positions)
@@ -174,20 +199,39 @@ class Curator:
             "policy": [self._selector.policy] * len(rows),
             "keep_ratio": [self._selector.keep_ratio] * len(rows),
         }
-        out = pa.table(columns, schema=SCHEMA)
+        schema = export_schema(dim if self._selector.include_features else None, self.metadata)
+        if self._selector.include_features:
+            import numpy as np
+
+            rows_of = np.frombuffer(features, dtype="<f4").reshape(size, dim)[take]
+            columns["features"] = pa.FixedSizeListArray.from_arrays(
+                pa.array(rows_of.reshape(-1), pa.float32()), dim
+            )
+        out = pa.table(columns, schema=schema)
         for name in self.passthrough:
             out = out.append_column(name, self._column(t, name).take(pa.array(rows, pa.int64())))
         return out
 
 
 def write_parquet(ds: Any, path: str | os.PathLike, **kwargs: Any) -> None:
-    """Writes what ``Curator``s returned as Parquet files in ``path`` with the columns and
-    types of ``saln-pipe curate``'s (``SCHEMA``: every column non-nullable). Other columns
-    (``passthrough``) are left out. ``kwargs`` go to ``Dataset.write_parquet``."""
+    """Writes what ``Curator``s returned as Parquet files in ``path`` as ``saln-pipe
+    curate`` writes its own: the same columns and types (``export_schema``: every column
+    non-nullable; ``features`` when the Curators made them) and the same key/value metadata
+    (``saln.version``, ``saln.policy``, ..., ``saln.config``: the Curators' configuration).
+    Other columns (``passthrough``) are left out. ``kwargs`` go to
+    ``Dataset.write_parquet``."""
 
     def cast(t: pa.Table) -> pa.Table:
-        return t.select(COLUMNS).cast(SCHEMA)
+        metadata = {k: v for k, v in (t.schema.metadata or {}).items() if k.startswith(b"saln.")}
+        dim = None
+        if "features" in t.column_names:
+            dim = t.schema.field("features").type.list_size
+        schema = export_schema(dim, metadata or None)
+        return t.select(schema.names).cast(schema)
 
+    # pyarrow would name the list items of ``features`` `element` (Parquet's compliant
+    # nesting); saln's files, written by arrow-rs, keep Arrow's `item`.
+    kwargs.setdefault("use_compliant_nested_type", False)
     ds.map_batches(cast, batch_format="pyarrow", batch_size=None).write_parquet(
         os.fspath(path), **kwargs
     )

@@ -25,9 +25,11 @@ fn resolve(py: Python<'_>, src: &ConfigSource) -> PyResult<(PipelineConfig, Stri
 }
 
 /// Every problem `saln-pipe validate` reports for a pipeline, as `saln.Problem`s: parse
-/// and value problems (all of them, with their lines), then the device, the model file and
-/// the data set. An empty list means the pipeline can run. A file that cannot be read
-/// raises `SalnError`.
+/// and value problems of every section (all of them, with their lines, ordered by line),
+/// then the device, the model files, the data set, `$RANK` / `$WORLD_SIZE` and the
+/// image-size rule. Without overrides this is exactly `saln-pipe validate`'s list
+/// (`saln::config::check`). An empty list means the pipeline can run. A file that cannot be
+/// read raises `SalnError`.
 #[pyfunction]
 #[pyo3(signature = (path=None, yaml=None, overrides=None))]
 pub fn validate(
@@ -38,30 +40,36 @@ pub fn validate(
 ) -> PyResult<Vec<PyObject>> {
     let src = ConfigSource::new(path, yaml, overrides.as_deref()).map_err(to_py)?;
     let (text, _) = src.text().map_err(to_py)?;
-    let found = py.allow_threads(|| match src.resolve() {
-        Err(e @ (saln::Error::ConfigInvalid { .. } | saln::Error::ConfigParse { .. })) => {
-            Ok(problems_of(&e, &text))
-        }
-        Err(e) => Err(e),
-        Ok(cfg) => {
-            let line = |key: &str| {
-                let overridden = src
-                    .overrides
-                    .iter()
-                    .any(|(k, _)| key == k || key.starts_with(&format!("{k}.")));
-                (!overridden)
-                    .then(|| saln::config::locate_key(&text, key))
-                    .flatten()
-            };
-            let mut out: Vec<_> = cfg
-                .check_resources()
+    let found = py.allow_threads(|| {
+        if src.overrides.is_empty() {
+            let checked = saln::config::check::check_text(&text, true);
+            return Ok(checked
+                .issues
                 .into_iter()
-                .map(|i| (Some(i.key.clone()), line(&i.key), i.message))
-                .collect();
-            if let Err(e) = saln::source::open(&cfg.source) {
-                out.push((Some("source".into()), line("source"), e.to_string()));
+                .map(|i| (Some(i.key), i.line, i.message))
+                .collect());
+        }
+        match src.resolve() {
+            Err(e @ (saln::Error::ConfigInvalid { .. } | saln::Error::ConfigParse { .. })) => {
+                Ok(problems_of(&e, &text))
             }
-            Ok(out)
+            Err(e) => Err(e),
+            Ok(cfg) => {
+                let line = |key: &str| {
+                    let overridden = src
+                        .overrides
+                        .iter()
+                        .any(|(k, _)| key == k || key.starts_with(&format!("{k}.")));
+                    (!overridden)
+                        .then(|| saln::config::locate_key(&text, key))
+                        .flatten()
+                };
+                Ok(cfg
+                    .resource_issues(saln::config::ResourceChecks::ALL)
+                    .into_iter()
+                    .map(|i| (Some(i.key.clone()), line(&i.key), i.message))
+                    .collect())
+            }
         }
     });
     found

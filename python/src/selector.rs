@@ -11,7 +11,9 @@
 //! constructor) and selected from (`select::Selector`, with the super-batch number that
 //! seeds the random policies and the iterative solver). The same images, ids, labels,
 //! super-batch number and epoch therefore give the same kept samples and scores as
-//! `saln-pipe curate`.
+//! `saln-pipe curate`. With `include_features` (default: the config's
+//! `export.include_features`) it also returns each sample's reference-model feature vector,
+//! as the export writes it, whatever the policy.
 use std::sync::Mutex;
 
 use pyo3::prelude::*;
@@ -27,10 +29,19 @@ use tch::{Device, Tensor};
 use crate::config::ConfigSource;
 use crate::errors::{to_py, to_py_with};
 
-/// What [`PySelector::select`] returns: the input positions that were decoded (all of them
-/// unless `on_error: skip` left some out), then for those, in order: kept, score, rank;
-/// the keep ratio used, and the skipped samples with their errors.
-type Selected = (Vec<usize>, Vec<bool>, Vec<f32>, Vec<i32>, f64, Vec<String>);
+/// What [`PySelector::select_inner`] returns: the input positions that were decoded (all
+/// of them unless `on_error: skip` left some out), then for those, in order: kept, score,
+/// rank; the keep ratio used, the skipped samples with their errors, and the feature
+/// vectors (row-major float32, with their length; empty without `include_features`).
+type Selected = (
+    Vec<usize>,
+    Vec<bool>,
+    Vec<f32>,
+    Vec<i32>,
+    f64,
+    Vec<String>,
+    (usize, Vec<f32>),
+);
 
 /// Selection on one super-batch at a time, with the reference model loaded once.
 #[pyclass(module = "saln._saln", name = "SuperBatchSelector")]
@@ -48,6 +59,9 @@ pub struct PySelector {
     /// The configured keep ratio.
     #[pyo3(get)]
     keep_ratio: f64,
+    /// Whether [`PySelector::select`] returns feature vectors.
+    #[pyo3(get)]
+    include_features: bool,
 }
 
 fn sample_error(id: u64, message: String) -> Error {
@@ -140,7 +154,7 @@ impl PySelector {
         }
         let n = positions.len();
         if n == 0 {
-            return Ok((positions, vec![], vec![], vec![], 0.0, skipped));
+            return Ok((positions, vec![], vec![], vec![], 0.0, skipped, (0, vec![])));
         }
         let (c, h, w) = self.shape;
         let tensor = Tensor::f_from_slice(&pixels)?
@@ -164,27 +178,48 @@ impl PySelector {
             .into_iter()
             .map(|r| r as i32)
             .collect();
-        Ok((positions, kept, sel.scores, ranks, sel.keep_ratio, skipped))
+        // The export's features are the reference model's, whatever the policy scored with.
+        let features = match (&features, self.include_features) {
+            (Some(f), true) => (
+                f.size().get(1).copied().unwrap_or(0) as usize,
+                Vec::<f32>::try_from(
+                    f.f_to_kind(tch::Kind::Float)?
+                        .f_to_device(Device::Cpu)?
+                        .f_flatten(0, -1)?,
+                )?,
+            ),
+            _ => (0, Vec::new()),
+        };
+        Ok((
+            positions,
+            kept,
+            sel.scores,
+            ranks,
+            sel.keep_ratio,
+            skipped,
+            features,
+        ))
     }
 }
 
 #[pymethods]
 impl PySelector {
     #[new]
-    #[pyo3(signature = (path=None, yaml=None, overrides=None, num_classes=None))]
+    #[pyo3(signature = (path=None, yaml=None, overrides=None, num_classes=None, include_features=None))]
     fn new(
         py: Python<'_>,
         path: Option<String>,
         yaml: Option<String>,
         overrides: Option<String>,
         num_classes: Option<usize>,
+        include_features: Option<bool>,
     ) -> PyResult<Self> {
         let src = ConfigSource::new(path, yaml, overrides.as_deref()).map_err(to_py)?;
         let (text, _) = src.text().map_err(to_py)?;
         let cfg = py
             .allow_threads(|| src.resolve_without_data())
             .map_err(|e| to_py_with(e, &text))?;
-        py.allow_threads(|| Self::build(cfg, num_classes))
+        py.allow_threads(|| Self::build(cfg, num_classes, include_features))
             .map_err(to_py)
     }
 
@@ -192,16 +227,29 @@ impl PySelector {
     /// `None` for a null image), `ids` the samples' stable ids, `superbatch` the number
     /// that seeds the random policies and the iterative solver, `epoch` the epoch of the
     /// augmentation streams, `progress` the training progress for keep-ratio schedules.
+    /// Returns the decoded positions, then for those: kept, score, rank; the keep ratio,
+    /// the skipped samples' errors, the feature length and the features (float32 bytes,
+    /// row-major; empty without `include_features`).
     #[pyo3(signature = (images, ids, superbatch, epoch=0, progress=0.0))]
-    fn select(
+    #[allow(clippy::type_complexity)]
+    fn select<'py>(
         &self,
-        py: Python<'_>,
+        py: Python<'py>,
         images: Vec<Option<Vec<u8>>>,
         ids: Vec<u64>,
         superbatch: u64,
         epoch: usize,
         progress: f64,
-    ) -> PyResult<Selected> {
+    ) -> PyResult<(
+        Vec<usize>,
+        Vec<bool>,
+        Vec<f32>,
+        Vec<i32>,
+        f64,
+        Vec<String>,
+        usize,
+        Bound<'py, pyo3::types::PyBytes>,
+    )> {
         if images.len() != ids.len() {
             return Err(crate::errors::SalnError::new_err(format!(
                 "{} images but {} ids",
@@ -209,8 +257,29 @@ impl PySelector {
                 ids.len()
             )));
         }
-        py.allow_threads(|| self.select_inner(&images, &ids, superbatch, epoch, progress))
-            .map_err(|e| to_py(e.in_stage("extract")))
+        let (positions, kept, scores, ranks, keep_ratio, skipped, (dim, features)) = py
+            .allow_threads(|| self.select_inner(&images, &ids, superbatch, epoch, progress))
+            .map_err(|e| to_py(e.in_stage("extract")))?;
+        let bytes: Vec<u8> = features.iter().flat_map(|x| x.to_le_bytes()).collect();
+        Ok((
+            positions,
+            kept,
+            scores,
+            ranks,
+            keep_ratio,
+            skipped,
+            dim,
+            pyo3::types::PyBytes::new(py, &bytes),
+        ))
+    }
+
+    /// The key/value metadata `saln-pipe curate` writes into every file of an export of
+    /// this configuration (`saln.version`, `saln.policy`, ..., `saln.config`), in order.
+    fn export_metadata(&self) -> Vec<(String, String)> {
+        saln::export::metadata(&self.cfg.provenance())
+            .into_iter()
+            .map(|kv| (kv.key, kv.value.unwrap_or_default()))
+            .collect()
     }
 
     /// The resolved configuration (every default filled in), as JSON.
@@ -226,15 +295,21 @@ impl PySelector {
 }
 
 impl PySelector {
-    fn build(cfg: PipelineConfig, num_classes: Option<usize>) -> saln::Result<Self> {
+    fn build(
+        cfg: PipelineConfig,
+        num_classes: Option<usize>,
+        include_features: Option<bool>,
+    ) -> saln::Result<Self> {
         let policy = cfg.selection.policy;
         if policy.needs_learner() {
             return Err(Error::config(
                 "selection.policy",
-                "this policy scores samples with the learner's weights, which only a training \
-                 run has; use saln, uniform or none to curate on Ray",
+                "this policy scores samples by the learner's losses, which only a training run \
+                 or a loader's loop has; use saln, uniform or none to curate on Ray",
             ));
         }
+        let include_features = include_features
+            .unwrap_or_else(|| cfg.export.as_ref().is_some_and(|e| e.include_features));
         let mut issues = cfg.check_resources();
         issues.retain(|i| i.key != "source");
         if !issues.is_empty() {
@@ -248,7 +323,7 @@ impl PySelector {
         let augmenter = Augmenter::new(cfg.augment.ops.clone());
         let shape = augmenter.output_shape(SourceShape::variable(channels))?;
         let reference = cfg.extractor.kind == saln::extract::backbone::ExtractorKind::Reference;
-        let extractor = if policy.needs_features() {
+        let extractor = if policy.needs_features() || include_features {
             let classes =
                 match (num_classes, reference) {
                     (Some(c), _) => c,
@@ -282,6 +357,7 @@ impl PySelector {
             shape,
             channels,
             policy: policy_name,
+            include_features,
             cfg,
         })
     }

@@ -104,10 +104,63 @@ def test_reported_losses_reach_the_table_the_selection_stage_reads(fmnist):
         assert loader.losses(b.ids) == [0.5] * len(b)
 
 
-def test_learner_policies_need_a_training_run(fmnist):
+def _kept_by_epoch(loader, loss_of) -> list:
+    """Runs every epoch of `loader`, reporting `loss_of(id)` for each sample trained on;
+    returns the ids kept, epoch by epoch."""
+    epochs = []
+    for _ in range(loader.epochs):
+        kept = []
+        for b in loader:
+            ids = b.ids.tolist()
+            b.report_losses(torch.tensor([loss_of(i) for i in ids]))
+            kept += ids
+        epochs.append(kept)
+    return epochs
+
+
+def test_losses_reported_from_python_decide_what_the_loss_policy_keeps(fmnist):
+    # `loss` in a loader: no trainer; the selection reads the losses the loop reports.
+    yaml = saln_yaml(fmnist, policy="loss", limit=1024, size=128, keep=0.5, epochs=4)
+    hard = lambda i: i % 5 == 0  # noqa: E731
+    with saln.Loader(yaml) as loader:
+        steered = _kept_by_epoch(loader, lambda i: 100.0 if hard(i) else 1.0)
+        report = loader.close()
+    with saln.Loader(yaml, augment__workers=1, channels={"extract_to_train": 1}) as loader:
+        again = _kept_by_epoch(loader, lambda i: 100.0 if hard(i) else 1.0)
+    with saln.Loader(yaml) as loader:
+        opposite = _kept_by_epoch(loader, lambda i: 1.0 if hard(i) else 100.0)
+
+    every = set().union(*steered)  # the 1024 samples `limit` drew
+    hard_ids = {i for i in every if hard(i)}
+    assert len(every) == 1024 and len(hard_ids) > 150
+    # Samples with no loss yet come first: by the third epoch every sample was trained on.
+    assert set(steered[0]) | set(steered[1]) | set(steered[2]) == every
+    # Then the samples reported hard are kept, all of them, in the last epoch ...
+    assert hard_ids <= set(steered[3])
+    # ... and dropped when the loop reports them easy.
+    assert len(hard_ids & set(opposite[3])) < len(hard_ids) // 4
+    # The same losses give the same selection, whatever the threads and queues.
+    assert again == steered
+    fb = report["selection"]["feedback"]
+    assert fb["lag"] == 4 and fb["samples_with_loss"] > 0
+    assert fb["samples_with_loss"] + fb["samples_without_loss"] == 4 * 1024
+
+
+def test_a_report_after_the_loop_moved_on_is_refused(fmnist):
+    yaml = saln_yaml(fmnist, policy="loss", limit=512, size=128, epochs=1)
+    with saln.Loader(yaml, selection__snapshot_lag=0) as loader:
+        first, second = next(loader), next(loader)
+        with pytest.raises(saln.SalnError, match="the losses of batch 0 came after the loop asked for batch 1"):
+            first.report_losses([1.0] * len(first))
+        second.report_losses([1.0] * len(second))
+        with pytest.raises(saln.SalnError, match="already reported"):
+            second.report_losses([1.0] * len(second))
+
+
+def test_learner_policies_cannot_curate_without_a_learner(fmnist, tmp_path):
     with pytest.raises(saln.ConfigError, match="selection.policy") as e:
-        saln.Loader(saln_yaml(fmnist, policy="loss"))
-    assert e.value.problems[0].key == "selection.policy"
+        saln.curate(saln_yaml(fmnist, policy="loss"), out=tmp_path / "out")
+    assert "a loader" in str(e.value)
 
 
 def test_stats_show_every_stage_while_running(fmnist):

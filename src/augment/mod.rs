@@ -25,8 +25,9 @@
 //! training and test images have one shape.
 //!
 //! Image files come in any size; [`Augmenter::output_shape`] computes, from a source's
-//! [`SourceShape`], the one shape the op list produces, and fails (naming `augment.ops`) when
-//! the list does not bring variable-size images to one size.
+//! [`SourceShape`], the one shape the op list produces, and fails (naming the op,
+//! `augment.ops[i]`, and its kind) when the list does not bring variable-size images to one
+//! size.
 use crate::error::Issues;
 use std::borrow::Cow;
 
@@ -321,6 +322,7 @@ impl Augmenter {
             path: "<config>".into(),
             issues: vec![ConfigIssue {
                 line: None,
+                column: None,
                 key: "augment.ops".into(),
                 message,
             }],
@@ -342,13 +344,41 @@ impl Augmenter {
                 _ => {}
             }
         }
+        let fix = "add `resize: { size: [H, W] }`, `center_crop` or `random_resized_crop`";
         match size {
             Some((h, w)) => Ok((c, h, w)),
-            None => Err(issue(
-                "the images of this source vary in size and the op list does not bring them to \
-                 one: add `resize: { size: [H, W] }`, `center_crop` or `random_resized_crop`"
-                    .into(),
-            )),
+            None => {
+                // Name the op where the sizes stay uneven: a one-side `resize` (it keeps each
+                // image's aspect ratio), else the last op the images leave.
+                let side_resize = self.ops.iter().rposition(|op| {
+                    matches!(
+                        op,
+                        AugmentOp::Resize {
+                            size: Size::Side(_)
+                        }
+                    )
+                });
+                let (at, why) = match (side_resize, self.ops.len()) {
+                    (Some(i), _) => (
+                        i,
+                        "resizes the shorter side and keeps each image's aspect ratio, so",
+                    ),
+                    (None, 0) => {
+                        return Err(issue(format!(
+                            "the op list is empty and the images of this source vary in size: {fix}"
+                        )))
+                    }
+                    (None, n) => (n - 1, "is the last op, and"),
+                };
+                let mut e = issue(format!(
+                    "{} {why} the images of this source leave it in several sizes: {fix}",
+                    self.ops[at].name()
+                ));
+                if let Error::ConfigInvalid { issues, .. } = &mut e {
+                    issues[0].key = format!("augment.ops[{at}]");
+                }
+                Err(e)
+            }
         }
     }
 
@@ -916,7 +946,20 @@ mod tests {
             .unwrap_err()
             .to_string();
         assert!(
-            e.contains("augment.ops") && e.contains("vary in size"),
+            e.contains("augment.ops[0]: hflip is the last op") && e.contains("several sizes"),
+            "{e}"
+        );
+        let e = Augmenter::new(vec![
+            AugmentOp::Resize {
+                size: Size::Side(64),
+            },
+            AugmentOp::Hflip { p: 0.5 },
+        ])
+        .output_shape(var)
+        .unwrap_err()
+        .to_string();
+        assert!(
+            e.contains("augment.ops[0]: resize resizes the shorter side"),
             "{e}"
         );
         let ok = Augmenter::new(vec![

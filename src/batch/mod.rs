@@ -51,10 +51,9 @@ pub struct SuperBatch {
     pub pixels: Vec<f32>,
     /// `(C, H, W)`.
     pub shape: (usize, usize, usize),
-    /// For a streaming source: where this rank's stream stands after this super-batch
-    /// (a reader started from it continues with the next super-batch). `None` for indexed
-    /// sources, whose position is the sequence number alone.
-    pub position: Option<StreamPosition>,
+    /// The loader's figures up to and including this super-batch (set when it is
+    /// emitted; what a checkpoint taken after training on it records of the loader).
+    pub loaded: LoaderSummary,
 }
 
 impl SuperBatch {
@@ -113,6 +112,54 @@ pub struct LoaderPlan {
     /// This process's share of the data (data-parallel training); `Shard::default()` is
     /// the whole data set.
     pub shard: Shard,
+    /// Global sequence number of the first super-batch to emit (0 = from the start; a
+    /// resumed run starts where its checkpoint stopped, see [`LoaderState`]).
+    pub start: u64,
+    /// The loader's figures of the super-batches before `start` (from the checkpoint a
+    /// run resumes), so that the summary covers the whole run.
+    pub carried: LoaderSummary,
+}
+
+/// Where a loader stands: the next super-batch it will emit. Serialisable, so a training
+/// loop can keep it in its own checkpoint and start a loader there again
+/// (`loader::LoaderBuilder::resume`); `saln-pipe run --resume` keeps it in its checkpoints.
+///
+/// The position is `(epoch, superbatch)`. For the indexed sources the epoch orders and the
+/// augmentations are functions of `(seed, epoch, sample)`, so nothing else is needed to
+/// produce the rest of the run exactly. A streaming source's order within an epoch is a
+/// function of `(seed, epoch, rank)` too (shard order and shuffle buffer), so the same
+/// pair places it: a resumed stream reads its epoch's shards again up to the position,
+/// without decoding them (see `source::stream::StreamSource::reader`).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct LoaderState {
+    /// Epoch (0-based) of the next super-batch.
+    pub epoch: usize,
+    /// Index of the next super-batch within its epoch.
+    pub superbatch: u64,
+}
+
+impl LoaderState {
+    /// The position of global super-batch `seq` with `per_epoch` super-batches per epoch.
+    ///
+    /// ```
+    /// use saln::batch::LoaderState;
+    /// let s = LoaderState::at(7, 3);
+    /// assert_eq!((s.epoch, s.superbatch), (2, 1));
+    /// assert_eq!(s.seq(3), 7);
+    /// ```
+    pub fn at(seq: u64, per_epoch: u64) -> LoaderState {
+        let per = per_epoch.max(1);
+        LoaderState {
+            epoch: (seq / per) as usize,
+            superbatch: seq % per,
+        }
+    }
+
+    /// The global sequence number of this position.
+    pub fn seq(&self, per_epoch: u64) -> u64 {
+        self.epoch as u64 * per_epoch + self.superbatch
+    }
 }
 
 impl LoaderPlan {
@@ -137,6 +184,8 @@ impl LoaderPlan {
             prefetch: superbatch.prefetch,
             on_error,
             shard: superbatch.shard.resolve()?,
+            start: 0,
+            carried: LoaderSummary::default(),
         })
     }
 }
@@ -266,13 +315,12 @@ pub fn superbatch_at(
         progress: seq as f64 / total as f64,
         indices: sbs.swap_remove((seq % per_epoch) as usize),
         records: Vec::new(),
-        position: None,
     };
     build(source, aug, shape, plan.seed, plan.on_error, &job).map(Some)
 }
 
 /// What the loader did, for the report.
-#[derive(Debug, Clone, Default, PartialEq)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct LoaderSummary {
     /// Super-batches emitted.
     pub superbatches: u64,
@@ -291,7 +339,6 @@ struct Job {
     indices: Vec<usize>,
     /// A streaming source's samples, read (not decoded); `indices` are their ids.
     records: Vec<Record>,
-    position: Option<StreamPosition>,
 }
 
 struct Done {
@@ -322,7 +369,7 @@ fn build(
         labels: Vec::with_capacity(job.indices.len()),
         pixels: Vec::with_capacity(job.indices.len() * per),
         shape: (c, h, w),
-        position: job.position,
+        loaded: LoaderSummary::default(),
     };
     let mut skipped = Vec::new();
     let stream = source.as_stream();
@@ -372,12 +419,13 @@ fn build(
 /// The jobs of a streaming source: per epoch, this rank's stream (`StreamSource::reader`)
 /// cut into super-batches of `plan.size`; every rank takes `plan.shard.share_len(n)` samples
 /// an epoch (fewer with `drop_last`: whole super-batches only), so every rank makes
-/// `per_epoch` super-batches.
+/// `per_epoch` super-batches. The first job is global super-batch `start`: its epoch's
+/// stream is fast-forwarded to it (read again, not decoded).
 fn stream_jobs(
     stream: StreamSource,
     plan: &LoaderPlan,
     per_epoch: u64,
-    total: u64,
+    start: u64,
 ) -> impl Iterator<Item = Result<Job>> + Send {
     let plan = plan.clone();
     let size = plan.size.max(1);
@@ -386,9 +434,12 @@ fn stream_jobs(
     } else {
         plan.shard.share_len(plan.indices.len()) as u64
     };
-    let mut epoch = 0usize;
+    let total = per_epoch * plan.epochs as u64;
+    let per = per_epoch.max(1);
+    let mut epoch = (start / per) as usize;
+    let mut skip = (start % per) * size as u64;
     let mut reader: Option<crate::source::stream::StreamReader> = None;
-    let mut seq = 0u64;
+    let mut seq = start;
     std::iter::from_fn(move || loop {
         if epoch >= plan.epochs || per_epoch == 0 {
             return None;
@@ -396,6 +447,7 @@ fn stream_jobs(
         if reader.is_none() {
             let from = StreamPosition {
                 epoch,
+                offset: std::mem::take(&mut skip),
                 ..StreamPosition::default()
             };
             match stream.reader(
@@ -412,9 +464,7 @@ fn stream_jobs(
                 }
             }
         }
-        let Some(r) = reader.as_mut() else {
-            return None;
-        };
+        let r = reader.as_mut()?;
         let mut records = Vec::with_capacity(size);
         for rec in r.by_ref().take(size) {
             match rec {
@@ -430,14 +480,12 @@ fn stream_jobs(
             epoch += 1;
             continue;
         }
-        let position = (*r).position();
         let job = Job {
             seq,
             epoch,
             progress: seq as f64 / total.max(1) as f64,
             indices: records.iter().map(|r| r.id as usize).collect(),
             records,
-            position: Some(position),
         };
         seq += 1;
         return Some(Ok(job));
@@ -457,10 +505,14 @@ pub fn run_loader(
     let shape = aug.output_shape(source.shape())?;
     let per_epoch = superbatches_per_epoch(&plan) as u64;
     let total = per_epoch * plan.epochs as u64;
+    let start = plan.start.min(total);
     // Jobs are made one epoch at a time, as they are handed out: memory holds one epoch
-    // order, not all of them. A streaming source is read in order instead.
+    // order, not all of them. A resumed loader skips the super-batches before `start`
+    // (cheap: only index lists are made for them, nothing is decoded). A streaming source
+    // is read in order instead; resumed, it reads its epoch again up to `start` (the
+    // records are read, not decoded: see `stream_jobs`).
     let mut jobs: Box<dyn Iterator<Item = Result<Job>> + Send> = match source.as_stream() {
-        Some(stream) => Box::new(stream_jobs(stream.clone(), &plan, per_epoch, total)),
+        Some(stream) => Box::new(stream_jobs(stream.clone(), &plan, per_epoch, start)),
         None => {
             let plan = plan.clone();
             Box::new(
@@ -478,9 +530,9 @@ pub fn run_loader(
                             progress: seq as f64 / total.max(1) as f64,
                             indices,
                             records: Vec::new(),
-                            position: None,
                         })
-                    }),
+                    })
+                    .skip(start as usize),
             )
         }
     };
@@ -512,17 +564,19 @@ pub fn run_loader(
     drop(done_tx);
     drop(job_rx);
 
-    let mut summary = LoaderSummary::default();
+    let mut summary = plan.carried.clone();
     // A stream's shards damaged when it was opened (`on_error: skip`) are named first.
     if let Some(stream) = source.as_stream() {
-        summary
-            .first_skipped
-            .extend(stream.problems().iter().take(20).cloned());
+        if plan.start == 0 {
+            summary
+                .first_skipped
+                .extend(stream.problems().iter().take(20).cloned());
+        }
     }
     let result = (|| -> Result<()> {
         let mut in_flight = 0usize;
         let mut pending: BTreeMap<u64, Done> = BTreeMap::new();
-        let mut next = 0u64;
+        let mut next = start;
         let emit_epoch_end = |epoch: usize, seq: u64| -> Option<usize> {
             (epoch_last(epoch) == Some(seq)).then_some(epoch)
         };
@@ -551,7 +605,7 @@ pub fn run_loader(
             in_flight -= 1;
             pending.insert(done.seq, done);
             while let Some(done) = pending.remove(&next) {
-                let (sb, skipped) = done.result?;
+                let (mut sb, skipped) = done.result?;
                 summary.skipped += skipped.len() as u64;
                 for s in skipped {
                     if summary.first_skipped.len() < 20 {
@@ -561,6 +615,7 @@ pub fn run_loader(
                 summary.superbatches += 1;
                 summary.samples += sb.len() as u64;
                 stats.item(sb.len());
+                sb.loaded = summary.clone();
                 let epoch_end = emit_epoch_end(done.epoch, done.seq);
                 let t = Instant::now();
                 if !sb.is_empty() && out.blocking_send(Msg::Data(sb)).is_err() {
@@ -643,6 +698,7 @@ impl ShardConfig {
                 Some(text) => text.trim().parse().unwrap_or_else(|_| {
                     issues.push(crate::error::ConfigIssue {
                         line: None,
+                        column: None,
                         key: format!("superbatch.shard.{key}"),
                         message: format!("${var} is `{text}`, not a whole number"),
                     });
@@ -655,12 +711,14 @@ impl ShardConfig {
         if world_size == 0 {
             issues.push(crate::error::ConfigIssue {
                 line: None,
+                column: None,
                 key: "superbatch.shard.world_size".into(),
                 message: "must be at least 1".into(),
             });
         } else if rank >= world_size {
             issues.push(crate::error::ConfigIssue {
                 line: None,
+                column: None,
                 key: "superbatch.shard.rank".into(),
                 message: format!(
                     "rank {rank} is not below world_size {world_size} (from the config, or $RANK / $WORLD_SIZE)"
@@ -750,6 +808,8 @@ mod tests {
             prefetch: 3,
             on_error: OnError::Fail,
             shard: Shard::default(),
+            start: 0,
+            carried: LoaderSummary::default(),
         }
     }
 
@@ -909,6 +969,8 @@ mod tests {
             prefetch: 1,
             on_error: OnError::Fail,
             shard,
+            start: 0,
+            carried: LoaderSummary::default(),
         }
     }
 
@@ -1145,6 +1207,8 @@ mod tests {
             prefetch: 3,
             on_error,
             shard: Shard::default(),
+            start: 0,
+            carried: LoaderSummary::default(),
         };
         let (tx, mut rx) = tokio::sync::mpsc::channel(2);
         let h = std::thread::spawn(move || {
@@ -1242,7 +1306,7 @@ mod tests {
         .unwrap_err()
         .to_string();
         assert!(
-            e.contains("augment.ops") && e.contains("vary in size"),
+            e.contains("augment.ops[") && e.contains("several sizes"),
             "{e}"
         );
     }

@@ -40,6 +40,38 @@ pub use crate::source::{OnError, SourceConfig};
 pub use crate::stage::ChannelConfig;
 pub use crate::train::TrainerConfig;
 
+pub mod check;
+pub mod messages;
+
+/// Which resource checks [`PipelineConfig::resource_issues`] runs: those whose sections
+/// parsed (all of them for a file that parsed whole).
+#[derive(Debug, Clone, Copy)]
+pub struct ResourceChecks {
+    /// The device exists.
+    pub device: bool,
+    /// The extractor's model file exists (when the policy uses features), the reference
+    /// weights included.
+    pub model: bool,
+    /// The data set opens.
+    pub data: bool,
+    /// `$RANK` / `$WORLD_SIZE` (read when `superbatch.shard` leaves them unset) are usable.
+    pub shard: bool,
+    /// The op list brings the source's images to one size (when the source knows its shape
+    /// without decoding every image).
+    pub shapes: bool,
+}
+
+impl ResourceChecks {
+    /// Every check.
+    pub const ALL: ResourceChecks = ResourceChecks {
+        device: true,
+        model: true,
+        data: true,
+        shard: true,
+        shapes: true,
+    };
+}
+
 /// A whole pipeline: source -> augment -> super-batches -> extract + select -> train -> report.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -77,6 +109,9 @@ pub struct PipelineConfig {
     /// Where the JSON report goes.
     #[serde(default)]
     pub report: ReportConfig,
+    /// Checkpoints of `saln-pipe run` (what `--resume` continues from).
+    #[serde(default)]
+    pub checkpoint: CheckpointConfig,
     /// Parquet export of the curated set (absent: no export).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub export: Option<ExportConfig>,
@@ -175,6 +210,63 @@ pub struct ReportConfig {
     pub progress_seconds: f64,
 }
 
+/// Checkpoints of a training run (`saln-pipe run`): what `saln-pipe run FILE --resume`
+/// continues from after a kill. README, "Checkpoints and --resume".
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct CheckpointConfig {
+    /// Write checkpoints at all.
+    #[serde(default = "d_true")]
+    pub enabled: bool,
+    /// The run folder holding them. Default: `target/saln/checkpoints/<name of the
+    /// pipeline file without .yaml>` (a pipeline built in code: `target/saln/checkpoints/run`).
+    /// A run without `--resume` empties it first.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dir: Option<PathBuf>,
+    /// A checkpoint after every this many optimizer steps (0: not by steps).
+    #[serde(default)]
+    pub every_steps: u64,
+    /// A checkpoint when this many seconds have passed since the last one (or the start);
+    /// 0: not by time. The default, 300, leaves runs of a few minutes without any.
+    #[serde(default = "d_every_seconds")]
+    pub every_seconds: f64,
+    /// Complete checkpoints kept (the newest ones).
+    #[serde(default = "d_keep")]
+    pub keep: usize,
+}
+
+fn d_true() -> bool {
+    true
+}
+fn d_every_seconds() -> f64 {
+    300.0
+}
+fn d_keep() -> usize {
+    2
+}
+
+impl CheckpointConfig {
+    /// Adds this section's problems to `v`.
+    pub fn validate(&self, v: &mut Issues) {
+        let s = self.every_seconds;
+        v.check(
+            s >= 0.0 && s.is_finite(),
+            "checkpoint.every_seconds",
+            || "must be a non-negative number".into(),
+        );
+        v.check(self.keep >= 1, "checkpoint.keep", || {
+            "must be at least 1".into()
+        });
+    }
+
+    /// The run folder (see [`CheckpointConfig::dir`]).
+    pub fn folder(&self) -> PathBuf {
+        self.dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("target/saln/checkpoints/run"))
+    }
+}
+
 fn d_progress() -> f64 {
     10.0
 }
@@ -221,7 +313,8 @@ default_from_serde!(
     SelectionConfig,
     TrainerConfig,
     ChannelConfig,
-    ReportConfig
+    ReportConfig,
+    CheckpointConfig
 );
 
 impl PipelineConfig {
@@ -230,6 +323,20 @@ impl PipelineConfig {
     pub fn load(path: &Path) -> Result<Self> {
         let text = std::fs::read_to_string(path).map_err(|e| Error::io(path, e))?;
         Self::from_yaml_str(&text, path)
+    }
+
+    /// Names the checkpoint folder after the pipeline file `path` when the YAML leaves
+    /// `checkpoint.dir` out (`target/saln/checkpoints/<file name without .yaml>`). The
+    /// command line does this for `run`; it is not done by [`PipelineConfig::load`], so that
+    /// the configuration recorded in an export (its `saln.config` metadata) is the same
+    /// whether the YAML came from a file or a string.
+    pub fn name_checkpoints_after(&mut self, path: &Path) {
+        if self.checkpoint.dir.is_none() {
+            let stem = path
+                .file_stem()
+                .map_or("run".into(), |s| s.to_string_lossy());
+            self.checkpoint.dir = Some(PathBuf::from("target/saln/checkpoints").join(&*stem));
+        }
     }
 
     /// Parses and validates YAML text; `origin` names it in messages.
@@ -255,6 +362,7 @@ impl PipelineConfig {
         self.trainer.validate(&mut v);
         self.channels.validate(&mut v);
         self.report.validate(&mut v);
+        self.checkpoint.validate(&mut v);
         self.validate_across_sections(&mut v);
         if let Some(e) = &self.export {
             e.validate(&mut v);
@@ -282,6 +390,17 @@ impl PipelineConfig {
                 ),
             );
         }
+        if policy.needs_learner() && !self.trainer.model.state_in_var_store() {
+            v.at(
+                "selection.policy",
+                format!(
+                    "{} scores samples with snapshots of the learner, and a TorchScript \
+                     learner's buffers (batch-norm statistics) cannot be copied into one; \
+                     use trainer.model: cnn or resnet with this policy",
+                    policy.name()
+                ),
+            );
+        }
     }
 
     /// Checks that need the machine: the configured device exists; the extractor's model
@@ -294,15 +413,69 @@ impl PipelineConfig {
                     key: "device".into(),
                     message: e,
                     line: None,
+                    column: None,
                 });
             }
         }
+        let mut issues = Issues::default();
         if self.selection.policy.needs_reference() {
-            let mut issues = Issues::default();
             self.extractor.check_resources(self.device(), &mut issues);
-            v.extend(issues.0);
         }
+        if let Ok(spec) = self.trainer.learner_spec() {
+            spec.check_resources(&mut issues);
+        }
+        v.extend(issues.0);
         v
+    }
+
+    /// What `saln-pipe validate` checks beyond the values: [`PipelineConfig::check_resources`]
+    /// (device, model file), the reference weights `saln-pipe pretrain` writes, every data
+    /// file the run opens, the environment variables it reads, and the image-size rule.
+    /// Only the checks `which` selects run.
+    pub fn resource_issues(&self, which: ResourceChecks) -> Vec<ConfigIssue> {
+        let mut v = Issues::default();
+        if which.device {
+            if let Ok(d) = crate::device::parse(&self.device) {
+                if let Err(e) = crate::device::check(d) {
+                    v.at("device", e);
+                }
+            }
+        }
+        if which.model && self.selection.policy.needs_reference() {
+            let x = &self.extractor;
+            if x.kind == ExtractorKind::Reference {
+                v.check(x.weights.is_file(), "extractor.weights", || {
+                    format!(
+                        "{}: not found: train the reference model first with \
+                         `saln-pipe pretrain <pipeline.yaml>`",
+                        x.weights.display()
+                    )
+                });
+            }
+            x.check_resources(self.device(), &mut v);
+        }
+        if which.shard {
+            if let Err(Error::ConfigInvalid { issues, .. }) = self.superbatch.shard.resolve() {
+                v.0.extend(issues);
+            }
+        }
+        if which.data {
+            match crate::source::open(&self.source) {
+                // Value problems of the section are the value checks' to report.
+                Err(Error::ConfigInvalid { .. }) => {}
+                Err(e) => v.at("source", e.to_string()),
+                Ok(data) if which.shapes => {
+                    let aug = crate::augment::Augmenter::new(self.augment.ops.clone());
+                    if let Err(Error::ConfigInvalid { issues, .. }) =
+                        aug.output_shape(data.train.shape())
+                    {
+                        v.0.extend(issues);
+                    }
+                }
+                Ok(_) => {}
+            }
+        }
+        v.0
     }
 
     /// The loader stage's plan for `epochs` epochs over `indices`, from the sections it

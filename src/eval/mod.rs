@@ -24,6 +24,10 @@
 //! - Resumable: a run whose report exists with `status: completed` and the same
 //!   configuration is not run again. A report made with another configuration is an error
 //!   (delete it or choose another `grid.output`), never silently reused or overwritten.
+//!   Two things do not make a configuration "another" (see [`existing`]): the results
+//!   folder may be moved (the paths the grid derives from `grid.output` compare relative
+//!   to it), and a report that predates a configuration key compares as if it had held
+//!   that key's default (a key added later keeps the old behaviour as its default).
 //! - A failed run is reported and counted; the grid goes on, and the summary says which.
 //!
 //! ```
@@ -467,8 +471,37 @@ pub enum Existing {
     Completed,
 }
 
+/// The runs of `cfg` that [`run`] would run now: those without a completed report of
+/// their configuration. An error when a completed report of another configuration is in
+/// the way (see [`existing`]).
+///
+/// A committed grid (`docs/results/fashion-mnist/`) resumes with nothing to do:
+/// `tests/it/eval.rs` checks it.
+pub fn pending(cfg: &EvalConfig) -> Result<Vec<RunSpec>> {
+    let mut out = Vec::new();
+    for r in cfg.runs() {
+        if existing(&r)? != Existing::Completed {
+            out.push(r);
+        }
+    }
+    Ok(out)
+}
+
 /// Checks what `run`'s report path holds. A completed report made with another
 /// configuration is an [`Error::Output`] naming the first difference.
+///
+/// The report's configuration is migrated before the comparison, in two documented ways:
+/// - **Moved results.** The grid derives `report.path` and (reference extractor)
+///   `extractor.weights` from `grid.output`. A report whose two paths are the ones its own
+///   grid folder would give (`OLD/runs/NAME.json`, `OLD/reference/seed-S.safetensors`)
+///   compares as if made in the current folder: `grid.output` may point at a copy
+///   (`docs/results/fashion-mnist/` holds reports written under `target/saln/...`).
+/// - **Keys added since.** The report's `config` is read back as a [`PipelineConfig`],
+///   which fills a key the report predates with its default (`superbatch.shard`, added
+///   after the committed grids were run, defaults to one unsharded process: what those
+///   runs did). So a new key must default to the old behaviour, which is the rule for
+///   adding one. A report that does not read back (a key since removed or renamed) is
+///   compared as written, and the difference is named.
 pub fn existing(run: &RunSpec) -> Result<Existing> {
     let path = run.report_path();
     let bytes = match std::fs::read(path) {
@@ -494,7 +527,8 @@ pub fn existing(run: &RunSpec) -> Result<Existing> {
             path: path.to_path_buf(),
             message: format!("cannot serialise the run's configuration: {e}"),
         })?;
-    match first_difference(&want, &json["config"], "") {
+    let got = migrate(&json["config"], run);
+    match first_difference(&want, &got, "") {
         None => Ok(Existing::Completed),
         Some(diff) => Err(Error::Output {
             path: path.to_path_buf(),
@@ -505,6 +539,40 @@ pub fn existing(run: &RunSpec) -> Result<Existing> {
             ),
         }),
     }
+}
+
+/// A report's configuration as `run` would write it today (see [`existing`]): the grid's
+/// derived paths moved to `run`'s folder, keys the report predates filled with defaults.
+fn migrate(config: &serde_json::Value, run: &RunSpec) -> serde_json::Value {
+    let mut got = config.clone();
+    // The report's own grid folder: `OLD/runs/NAME.json`.
+    let old_report = got["report"]["path"].as_str().map(PathBuf::from);
+    let old_output = old_report
+        .as_deref()
+        .filter(|p| p.file_name() == run.report_path().file_name())
+        .and_then(|p| p.parent())
+        .filter(|runs| runs.file_name().is_some_and(|n| n == "runs"))
+        .and_then(|runs| runs.parent());
+    if let (Some(old), Some(new)) = (
+        old_output,
+        run.report_path().parent().and_then(|r| r.parent()),
+    ) {
+        let relocate = |v: &mut serde_json::Value| {
+            if let Some(rest) = v.as_str().and_then(|p| Path::new(p).strip_prefix(old).ok()) {
+                *v = serde_json::Value::String(new.join(rest).display().to_string());
+            }
+        };
+        relocate(&mut got["report"]["path"]);
+        if got["extractor"]["kind"] == "reference" {
+            relocate(&mut got["extractor"]["weights"]);
+        }
+    }
+    // Through the type and back as JSON text (as `existing` serialises `want`).
+    serde_json::from_value::<PipelineConfig>(got.clone())
+        .ok()
+        .and_then(|c| serde_json::to_vec(&c).ok())
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .unwrap_or(got)
 }
 
 /// The first key path where `want` and `got` differ, with both values.
@@ -552,10 +620,8 @@ pub fn run(cfg: &EvalConfig, cancel: &Cancel, on: EvalObserver) -> Result<EvalOu
         ..Default::default()
     };
     // Conflicting old reports stop everything before any work.
-    let mut done = Vec::with_capacity(runs.len());
-    for r in &runs {
-        done.push(existing(r)? == Existing::Completed);
-    }
+    let pending: Vec<String> = pending(cfg)?.into_iter().map(|r| r.name).collect();
+    let done: Vec<bool> = runs.iter().map(|r| !pending.contains(&r.name)).collect();
     for r in runs.iter().zip(&done).filter(|(_, &d)| !d).map(|(r, _)| r) {
         let issues = r.config.check_resources();
         if !issues.is_empty() {
@@ -777,5 +843,35 @@ mod tests {
         write("completed", &other);
         let e = existing(run).unwrap_err().to_string();
         assert!(e.contains("trainer.epochs: 5 now, 6 in the report"), "{e}");
+    }
+
+    #[test]
+    fn a_moved_report_that_predates_a_key_is_the_same_run() {
+        let dir = tempfile::tempdir().unwrap();
+        let yaml = format!(
+            "pipeline:\n  source: {{ idx: {{ dir: /x }} }}\ngrid:\n  policies: [\"saln:quantile\"]\n  \
+             keep_ratios: [0.5]\n  seeds: [1]\n  target_accuracy: 0.8\n  output: {}\n",
+            dir.path().display()
+        );
+        let cfg = EvalConfig::from_yaml_str(&yaml, "t").unwrap();
+        let run = &cfg.runs()[0];
+        // Made under another folder, before `superbatch.shard` existed.
+        let mut config = serde_json::to_value(&run.config).unwrap();
+        config["report"]["path"] = "elsewhere/out/runs/saln-quantile_r0.5_s1.json".into();
+        config["extractor"]["weights"] = "elsewhere/out/reference/seed-1.safetensors".into();
+        config["superbatch"]
+            .as_object_mut()
+            .unwrap()
+            .remove("shard");
+        let report = serde_json::json!({ "status": "completed", "config": config });
+        crate::io::write_atomic(run.report_path(), report.to_string().as_bytes()).unwrap();
+        assert_eq!(existing(run).unwrap(), Existing::Completed);
+        assert!(pending(&cfg).unwrap().is_empty());
+        // A moved weights file that is not the grid's own is a difference.
+        config["extractor"]["weights"] = "elsewhere/other.safetensors".into();
+        let report = serde_json::json!({ "status": "completed", "config": config });
+        crate::io::write_atomic(run.report_path(), report.to_string().as_bytes()).unwrap();
+        let e = existing(run).unwrap_err().to_string();
+        assert!(e.contains("extractor.weights"), "{e}");
     }
 }

@@ -115,6 +115,27 @@ pub struct Provenance {
     pub config_json: String,
 }
 
+/// The key/value metadata of every file of an export: `saln.version`, `saln.policy`,
+/// `saln.rule`, `saln.weights`, `saln.keep_ratio`, `saln.seed` and `saln.config` (the
+/// run's whole configuration as JSON); `docs/parquet-schema.md`. `saln.ray.write_parquet`
+/// writes the same.
+pub fn metadata(run: &Provenance) -> Vec<KeyValue> {
+    let sel = &run.selection;
+    let weights = serde_json::to_value(sel.weights)
+        .ok()
+        .and_then(|v| v.as_str().map(str::to_string))
+        .unwrap_or_default();
+    vec![
+        KeyValue::new("saln.version".into(), env!("CARGO_PKG_VERSION").to_string()),
+        KeyValue::new("saln.policy".into(), sel.policy.name().to_string()),
+        KeyValue::new("saln.rule".into(), sel.rule.name().to_string()),
+        KeyValue::new("saln.weights".into(), weights),
+        KeyValue::new("saln.keep_ratio".into(), sel.keep_ratio.to_string()),
+        KeyValue::new("saln.seed".into(), run.seed.to_string()),
+        KeyValue::new("saln.config".into(), run.config_json.clone()),
+    ]
+}
+
 /// The rank of each sample in the order the selection prefers it (one definition, in
 /// `select`, shared with the selection rules).
 pub use crate::select::ranks;
@@ -180,6 +201,58 @@ pub fn prepare(cfg: &ExportConfig) -> Result<()> {
     Ok(())
 }
 
+/// Where an [`Exporter`] stands after [`Exporter::checkpoint`]: its finished files and
+/// counters, and the numbering of what comes next.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct ExportState {
+    /// Epoch of the last rows written (`None` at an epoch boundary).
+    pub epoch: Option<usize>,
+    /// Part number of the next file of that epoch.
+    pub part_no: usize,
+    /// Super-batches exported (the `step` column of the next rows).
+    pub step: u64,
+    /// The finished files and their row counts.
+    pub summary: ExportSummary,
+}
+
+/// Readies `cfg.dir` for a resumed export: keeps the finished files in `keep` (those of
+/// the checkpoint), removes every other export file and temporary file saln wrote there
+/// (what the killed run wrote after its checkpoint, complete or not), and refuses a folder
+/// that lacks one of `keep` or holds Parquet files saln did not write.
+pub fn prepare_resume(cfg: &ExportConfig, keep: &[String]) -> Result<()> {
+    let dir = &cfg.dir;
+    std::fs::create_dir_all(dir).map_err(|e| Error::io(dir, e))?;
+    let mut foreign = Vec::new();
+    for e in std::fs::read_dir(dir).map_err(|e| Error::io(dir, e))? {
+        let e = e.map_err(|e| Error::io(dir, e))?;
+        let name = e.file_name().to_string_lossy().into_owned();
+        let partial = name.starts_with(".epoch-") && name.ends_with(".parquet.partial");
+        if partial || (is_export_name(&name) && !keep.contains(&name)) {
+            std::fs::remove_file(e.path()).map_err(|err| Error::io(e.path(), err))?;
+        } else if name.ends_with(".parquet") && !is_export_name(&name) {
+            foreign.push(name);
+        }
+    }
+    if !foreign.is_empty() {
+        return Err(Error::Data {
+            path: dir.clone(),
+            message: format!(
+                "holds Parquet files saln did not write ({}); the resumed export cannot continue there",
+                foreign.join(", ")
+            ),
+        });
+    }
+    if let Some(missing) = keep.iter().find(|f| !dir.join(f).is_file()) {
+        return Err(Error::Data {
+            path: dir.clone(),
+            message: format!(
+                "lacks `{missing}`, written before the checkpoint; cannot resume the export (run without --resume to start over)"
+            ),
+        });
+    }
+    Ok(())
+}
+
 /// One curated super-batch on its way to the exporter.
 #[derive(Debug, Clone)]
 pub struct ExportItem {
@@ -208,7 +281,7 @@ impl ExportItem {
 }
 
 /// What an export wrote.
-#[derive(Debug, Clone, Default, PartialEq, Serialize)]
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct ExportSummary {
     /// The export folder.
     pub dir: PathBuf,
@@ -252,19 +325,7 @@ impl Exporter {
     pub fn new(cfg: &ExportConfig, run: &Provenance, source: Arc<dyn Source>) -> Result<Exporter> {
         let sel = &run.selection;
         let policy_name = sel.policy.name().to_string();
-        let weights = serde_json::to_value(sel.weights)
-            .ok()
-            .and_then(|v| v.as_str().map(str::to_string))
-            .unwrap_or_default();
-        let meta = vec![
-            KeyValue::new("saln.version".into(), env!("CARGO_PKG_VERSION").to_string()),
-            KeyValue::new("saln.policy".into(), policy_name.clone()),
-            KeyValue::new("saln.rule".into(), sel.rule.name().to_string()),
-            KeyValue::new("saln.weights".into(), weights),
-            KeyValue::new("saln.keep_ratio".into(), sel.keep_ratio.to_string()),
-            KeyValue::new("saln.seed".into(), run.seed.to_string()),
-            KeyValue::new("saln.config".into(), run.config_json.clone()),
-        ];
+        let meta = metadata(run);
         let props = writer::properties(cfg.zstd_level, cfg.row_group_rows, meta)
             .map_err(|e| Error::config("export.zstd_level", e))?;
         Ok(Exporter {
@@ -424,6 +485,30 @@ impl Exporter {
         self.close_part()?;
         self.epoch = None;
         Ok(())
+    }
+    /// Closes the file being written (so every row so far is in a finished file) and
+    /// returns where the export stands, for a checkpoint. The next row opens a new part of
+    /// the same epoch.
+    pub fn checkpoint(&mut self) -> Result<ExportState> {
+        self.close_part()?;
+        Ok(ExportState {
+            epoch: self.epoch,
+            part_no: self.part_no,
+            step: self.step,
+            summary: self.summary.clone(),
+        })
+    }
+
+    /// Continues an export from `state` (see [`Exporter::checkpoint`]); the folder was
+    /// readied with [`prepare_resume`].
+    pub fn resume(&mut self, state: ExportState) {
+        self.epoch = state.epoch;
+        self.part_no = state.part_no;
+        self.step = state.step;
+        self.summary = ExportSummary {
+            dir: self.cfg.dir.clone(),
+            ..state.summary
+        };
     }
 
     /// What was written. A file still open (its epoch never ended) is deleted and its rows

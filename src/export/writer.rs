@@ -189,6 +189,8 @@ impl PartWriter {
             .ok_or_else(|| parquet_err(&self.tmp, "writer already closed"))?;
         w.write(batch).map_err(|e| parquet_err(&self.tmp, e))?;
         self.rows += batch.num_rows();
+        // Test-only: a run can be stopped here, its file half written (`stage::test_pause`).
+        crate::stage::test_pause("export");
         Ok(())
     }
 

@@ -219,6 +219,7 @@ fn section<'a, T>(s: &'a Option<T>, name: &str) -> Result<&'a T> {
             key: format!("extractor.{name}"),
             message: format!("required when extractor.kind is {name}"),
             line: None,
+            column: None,
         }])
     })
 }

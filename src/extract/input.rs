@@ -154,6 +154,7 @@ impl InputAdapter {
                 key: key.into(),
                 message,
                 line: None,
+                column: None,
             }],
         };
         if c != mc && c != 1 {

@@ -24,7 +24,9 @@ use tch::{nn, Device, Kind, Tensor};
 use crate::batch::SuperBatch;
 use crate::error::{Error, Result};
 use crate::model::{Cnn, CnnArch};
-use crate::select::learner::{LearnerScorer, ReferenceLogits};
+use crate::select::baselines::Losses;
+use crate::select::feedback::FeedbackReader;
+use crate::select::learner::{per_sample_loss, LearnerScorer, ReferenceLogits};
 use crate::select::outcome::Acc;
 pub use crate::select::outcome::{RecordMode, SelectionRecord, SelectionStats, SubBatch};
 use crate::select::{Policy, Selection, Selector};
@@ -98,14 +100,50 @@ impl Extractor {
     }
 }
 
+/// Where the learner-aware policies (`loss`, `rho-loss`, `jest`) get the learner's losses.
+pub enum Learner {
+    /// A training run: the extract stage's copy of the trainer's weights
+    /// ([`crate::select::learner`]).
+    Weights(Box<LearnerScorer>),
+    /// A loader run: the losses the caller's training loop reported
+    /// ([`crate::select::feedback`]); `micro_batch` bounds the reference model's passes.
+    Reported {
+        /// The reader of the loader's loss table.
+        reader: FeedbackReader,
+        /// Samples per forward pass of the reference model (`rho-loss`, `jest`).
+        micro_batch: usize,
+    },
+}
+
+/// Where the extract stage starts (see [`run_extract`]).
+#[derive(Debug, Clone)]
+pub struct ExtractStart {
+    /// Sub-batches sent before (the index of the next one; learner-aware policies pick
+    /// their snapshot from it).
+    pub sent: u64,
+    /// The selection's figures so far.
+    pub tally: Acc,
+}
+
+impl Default for ExtractStart {
+    fn default() -> Self {
+        ExtractStart {
+            sent: 0,
+            tally: Acc::new(),
+        }
+    }
+}
+
 /// Runs the extract stage: super-batches in, sub-batches out.
 /// `extractor` may be `None` only for policies that need no reference model and runs that
 /// export no features; `learner` is required by the learner-aware policies
-/// ([`crate::select::learner`]).
+/// ([`crate::select::learner`], [`crate::select::feedback`]). `start` is where a resumed run continues: the sub-batches
+/// sent before (the trainer's step count) and the selection tally as of them
+/// (`ExtractStart::default()` for a fresh run).
 #[allow(clippy::too_many_arguments)]
 pub fn run_extract(
     extractor: Option<Extractor>,
-    mut learner: Option<LearnerScorer>,
+    mut learner: Option<Learner>,
     selector: Selector,
     device: Device,
     record: RecordMode,
@@ -113,10 +151,11 @@ pub fn run_extract(
     out: tokio::sync::mpsc::Sender<Msg<SubBatch>>,
     stats: &StageStats,
     cancel: &Cancel,
+    start: ExtractStart,
 ) -> Result<SelectionStats> {
-    let mut acc = Acc::new();
+    let mut acc = start.tally;
     // Sub-batches sent so far: the trainer's step count once it has consumed them.
-    let mut sent = 0u64;
+    let mut sent = start.sent;
     loop {
         let t = Instant::now();
         let Some(msg) = input.blocking_recv() else {
@@ -162,7 +201,11 @@ pub fn run_extract(
         stats.blocked(t.elapsed());
     }
     let mut summary = acc.finish();
-    summary.learner = learner.map(|l| l.stats());
+    match learner {
+        Some(Learner::Weights(l)) => summary.learner = Some(l.stats()),
+        Some(Learner::Reported { reader, .. }) => summary.feedback = Some(reader.stats()),
+        None => {}
+    }
     Ok(summary)
 }
 
@@ -171,7 +214,7 @@ pub fn run_extract(
 /// learner's weights, or `None` when cancelled while waiting.
 fn curate(
     extractor: Option<&Extractor>,
-    learner: Option<(&mut LearnerScorer, u64, &Cancel)>,
+    learner: Option<(&mut Learner, u64, &Cancel)>,
     selector: &Selector,
     device: Device,
     record: RecordMode,
@@ -190,10 +233,12 @@ fn curate(
         return Ok(None); // cancelled while waiting for the learner's weights
     };
     let fwd = t.elapsed().as_secs_f64() - waited;
-    let sel = selector
-        .select(n, scores_input.as_ref(), sb.seq, sb.progress)
-        // Name a faulty sample by its id, not only by its position in the super-batch.
-        .map_err(|e| e.with_sample_ids(&sb.ids))?;
+    let sel = match &scores_input {
+        Input::Tensor(x) => selector.select(n, x.as_ref(), sb.seq, sb.progress),
+        Input::Losses(l) => selector.select_losses(n, l, sb.seq, sb.progress),
+    }
+    // Name a faulty sample by its id, not only by its position in the super-batch.
+    .map_err(|e| e.with_sample_ids(&sb.ids))?;
     let ids: Vec<u64> = sel.kept.iter().map(|&i| sb.ids[i]).collect();
     acc.add(&sel, n, &ids, fwd);
     let index = Tensor::f_from_slice(&sel.kept.iter().map(|&i| i as i64).collect::<Vec<_>>())?
@@ -201,7 +246,10 @@ fn curate(
     let labels: Vec<i64> = sel.kept.iter().map(|&i| sb.labels[i]).collect();
     // The export's features come from the reference model whatever the policy scored with.
     let export_features = match (record, policy.needs_features(), extractor) {
-        (RecordMode::Features, true, _) => scores_input.as_ref().map(Tensor::shallow_clone),
+        (RecordMode::Features, true, _) => match &scores_input {
+            Input::Tensor(x) => x.as_ref().map(Tensor::shallow_clone),
+            Input::Losses(_) => None,
+        },
         (RecordMode::Features, false, Some(x)) => Some(x.features(&images)?),
         _ => None,
     };
@@ -217,52 +265,85 @@ fn curate(
         scores: sel.kept.iter().map(|&i| sel.scores[i]).collect(),
         ids,
         record,
+        loaded: sb.loaded.clone(),
+        tally: acc.clone(),
     };
     Ok(Some((sub, std::time::Duration::from_secs_f64(waited))))
 }
 
-/// What the policy scores a super-batch from, and the seconds spent waiting for the
-/// learner's weights: the reference model's features (`saln`), the learner's (and reference
-/// model's) per-sample losses (`loss`, `rho-loss`, `jest`), or nothing (`uniform`, `none`).
-/// `None` when cancelled while waiting.
+/// What a policy scores a super-batch from.
+enum Input {
+    /// The reference model's features (`saln`), the learner's and reference model's
+    /// `[n, 2]` losses of a training run (`loss`, `rho-loss`, `jest`), or nothing
+    /// (`uniform`, `none`).
+    Tensor(Option<Tensor>),
+    /// The losses a loader's loop reported, with the reference model's (loader runs of
+    /// `loss`, `rho-loss`, `jest`).
+    Losses(Losses),
+}
+
+/// What the policy scores a super-batch from ([`Input`]), and the seconds spent waiting for
+/// the learner (its weights, or its loop's reports). `None` when cancelled while waiting.
 fn policy_input(
     extractor: Option<&Extractor>,
-    learner: Option<(&mut LearnerScorer, u64, &Cancel)>,
+    learner: Option<(&mut Learner, u64, &Cancel)>,
     policy: Policy,
     images: &Tensor,
     sb: &SuperBatch,
-) -> Result<Option<(Option<Tensor>, f64)>> {
+) -> Result<Option<(Input, f64)>> {
     match (policy.needs_features(), extractor) {
-        (true, Some(x)) => Ok(Some((Some(x.features(images)?), 0.0))),
+        (true, Some(x)) => Ok(Some((Input::Tensor(Some(x.features(images)?)), 0.0))),
         (true, None) => Err(Error::Selection {
             superbatch: sb.seq,
             message: "features are needed (policy or export) but no extractor is loaded".into(),
         }),
         (false, _) if policy.needs_learner() => {
-            let Some((scorer, sent, cancel)) = learner else {
+            let Some((learner, sent, cancel)) = learner else {
                 return Err(Error::Selection {
                     superbatch: sb.seq,
                     message: "policy needs the learner's losses but no learner is loaded".into(),
                 });
             };
             let labels = Tensor::f_from_slice(&sb.labels)?.f_to_device(images.device())?;
+            let in_superbatch = |e: Error| match e {
+                Error::Selection { message, .. } => Error::Selection {
+                    superbatch: sb.seq,
+                    message,
+                },
+                e => e,
+            };
             let reference_logits = extractor
                 .filter(|_| policy.needs_reference())
                 .map(|x| move |t: &Tensor| x.reference_logits(t));
             let reference: Option<ReferenceLogits<'_>> =
                 reference_logits.as_ref().map(|f| f as ReferenceLogits<'_>);
-            let scored = scorer
-                .losses(images, &labels, sent, reference, cancel)
-                .map_err(|e| match e {
-                    Error::Selection { message, .. } => Error::Selection {
-                        superbatch: sb.seq,
-                        message,
-                    },
-                    e => e,
-                })?;
-            Ok(scored.map(|s| (Some(s.losses), s.waited)))
+            match learner {
+                Learner::Weights(scorer) => {
+                    let scored = scorer
+                        .losses(images, &labels, sent, reference, cancel)
+                        .map_err(in_superbatch)?;
+                    Ok(scored.map(|s| (Input::Tensor(Some(s.losses)), s.waited)))
+                }
+                Learner::Reported {
+                    reader,
+                    micro_batch,
+                } => {
+                    let Some((learner, waited)) = reader.losses(&sb.ids, sent, cancel)? else {
+                        return Ok(None);
+                    };
+                    let reference = match reference {
+                        Some(r) => Vec::<f64>::try_from(
+                            per_sample_loss(r, images, &labels, *micro_batch)?
+                                .f_to_kind(Kind::Double)?
+                                .f_to_device(Device::Cpu)?,
+                        )?,
+                        None => vec![0.0; sb.len()],
+                    };
+                    Ok(Some((Input::Losses(Losses { learner, reference }), waited)))
+                }
+            }
         }
-        (false, _) => Ok(Some((None, 0.0))),
+        (false, _) => Ok(Some((Input::Tensor(None), 0.0))),
     }
 }
 

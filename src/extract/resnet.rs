@@ -3,10 +3,10 @@
 //! The tensor names are torchvision's `state_dict()` keys (`conv1.weight`, `bn1.running_mean`,
 //! `layer1.0.conv1.weight`, `layer2.0.downsample.0.weight`, ..., `fc.weight`), so a
 //! torchvision model converted with `safetensors.torch.save_file(model.state_dict(), path)`
-//! loads as it is (recipe in `docs/extractors.md`). The architecture is torchvision's: the
-//! 7x7/2 stem, 3x3/2 max pool, four stages of basic (18, 34) or bottleneck (50) blocks with
-//! the stride on the bottleneck's 3x3 convolution ("ResNet v1.5"), 1x1/stride downsample
-//! convolutions, global average pool, `fc`. Batch norm runs in eval mode on the stored
+//! loads as it is (recipe in `docs/extractors.md`). The architecture is built by
+//! [`crate::model::resnet`], the same builder that makes the `resnet` learner, with
+//! torchvision's ImageNet stem; this module is the strict file side of it (a
+//! [`TensorSource`] that checks every name and shape). Batch norm runs in eval mode on the stored
 //! running statistics (eps 1e-5); `num_batches_tracked` only matters to training and is
 //! accepted and ignored.
 //!
@@ -23,49 +23,9 @@ use tch::{Device, Kind, Tensor};
 
 use crate::error::Issues;
 use crate::error::{Error, Result};
+use crate::model::resnet::{ResNetSpec, Role, Stem, TensorSource};
 
-/// The torchvision architectures supported.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-#[serde(rename_all = "snake_case")]
-pub enum ResNetArch {
-    /// `torchvision.models.resnet18`: basic blocks [2, 2, 2, 2], 512-d features.
-    Resnet18,
-    /// `torchvision.models.resnet34`: basic blocks [3, 4, 6, 3], 512-d features.
-    Resnet34,
-    /// `torchvision.models.resnet50`: bottleneck blocks [3, 4, 6, 3], 2048-d features.
-    Resnet50,
-}
-
-impl ResNetArch {
-    fn blocks(self) -> [usize; 4] {
-        match self {
-            ResNetArch::Resnet18 => [2, 2, 2, 2],
-            ResNetArch::Resnet34 | ResNetArch::Resnet50 => [3, 4, 6, 3],
-        }
-    }
-
-    fn bottleneck(self) -> bool {
-        self == ResNetArch::Resnet50
-    }
-
-    /// Size of the pooled features (the input of `fc`).
-    pub fn feature_dim(self) -> i64 {
-        if self.bottleneck() {
-            2048
-        } else {
-            512
-        }
-    }
-
-    /// The name in the config and in torchvision (`resnet18`).
-    pub fn name(self) -> &'static str {
-        match self {
-            ResNetArch::Resnet18 => "resnet18",
-            ResNetArch::Resnet34 => "resnet34",
-            ResNetArch::Resnet50 => "resnet50",
-        }
-    }
-}
+pub use crate::model::resnet::ResNetArch;
 
 /// Which layer's output is the feature vector.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, Deserialize)]
@@ -112,63 +72,11 @@ impl ResNetConfig {
     }
 }
 
-#[derive(Debug)]
-struct ConvBn {
-    weight: Tensor,
-    stride: i64,
-    padding: i64,
-    bn: [Tensor; 4], // weight, bias, running_mean, running_var
-}
-
-impl ConvBn {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let s = self.stride;
-        let p = self.padding;
-        let [w, b, mean, var] = &self.bn;
-        let y = xs.f_conv2d(&self.weight, None::<Tensor>, [s, s], [p, p], [1, 1], 1)?;
-        Ok(y.f_batch_norm(
-            Some(w),
-            Some(b),
-            Some(mean),
-            Some(var),
-            false,
-            0.1,
-            1e-5,
-            true,
-        )?)
-    }
-}
-
-#[derive(Debug)]
-struct Block {
-    /// Two (basic) or three (bottleneck) conv + batch-norm pairs; ReLU between them.
-    convs: Vec<ConvBn>,
-    downsample: Option<ConvBn>,
-}
-
-impl Block {
-    fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let mut y = xs.shallow_clone();
-        for (i, c) in self.convs.iter().enumerate() {
-            y = c.forward(&y)?;
-            if i + 1 < self.convs.len() {
-                y = y.f_relu()?;
-            }
-        }
-        let identity = match &self.downsample {
-            Some(d) => d.forward(xs)?,
-            None => xs.shallow_clone(),
-        };
-        Ok(y.f_add(&identity)?.f_relu()?)
-    }
-}
-
-/// A torchvision ResNet, loaded and frozen (eval mode, no gradients).
+/// A torchvision ResNet, loaded and frozen (eval mode, no gradients): the kit's
+/// [`crate::model::resnet::ResNet`] built from a file's tensors.
 #[derive(Debug)]
 pub struct ResNet {
-    stem: ConvBn,
-    stages: Vec<Vec<Block>>,
-    fc: Option<(Tensor, Tensor)>,
+    net: crate::model::resnet::ResNet,
     layer: ResNetLayer,
 }
 
@@ -195,73 +103,17 @@ impl ResNet {
             )
         })?;
         let mut w = Weights::new(path, cfg.arch, tensors, device, kind);
-        let arch = cfg.arch;
-        let stem = w.conv_bn("conv1", "bn1", 3, 64, 7, 2, 3)?;
-        let widths = [64i64, 128, 256, 512];
-        let expansion = if arch.bottleneck() { 4 } else { 1 };
-        let mut c_in = 64i64;
-        let mut stages = Vec::new();
-        for (l, (&width, &count)) in widths.iter().zip(arch.blocks().iter()).enumerate() {
-            let mut blocks = Vec::new();
-            for b in 0..count {
-                let p = format!("layer{}.{b}", l + 1);
-                let stride = if l > 0 && b == 0 { 2 } else { 1 };
-                let c_out = width * expansion;
-                // (in, out, kernel, stride, padding) of conv1, conv2[, conv3], each with its
-                // batch norm: torchvision's BasicBlock and Bottleneck.
-                let specs = if arch.bottleneck() {
-                    vec![
-                        (c_in, width, 1, 1, 0),
-                        (width, width, 3, stride, 1),
-                        (width, c_out, 1, 1, 0),
-                    ]
-                } else {
-                    vec![(c_in, width, 3, stride, 1), (width, width, 3, 1, 1)]
-                };
-                let convs = specs
-                    .into_iter()
-                    .enumerate()
-                    .map(|(i, (ci, co, k, s, pad))| {
-                        let n = i + 1;
-                        w.conv_bn(
-                            &format!("{p}.conv{n}"),
-                            &format!("{p}.bn{n}"),
-                            ci,
-                            co,
-                            k,
-                            s,
-                            pad,
-                        )
-                    })
-                    .collect::<Result<Vec<_>>>()?;
-                let downsample = if stride != 1 || c_in != c_out {
-                    Some(w.conv_bn(
-                        &format!("{p}.downsample.0"),
-                        &format!("{p}.downsample.1"),
-                        c_in,
-                        c_out,
-                        1,
-                        stride,
-                        0,
-                    )?)
-                } else {
-                    None
-                };
-                blocks.push(Block { convs, downsample });
-                c_in = c_out;
-            }
-            stages.push(blocks);
-        }
-        let fc = w.fc(arch.feature_dim(), cfg.layer == ResNetLayer::Fc)?;
+        let classes = w.fc_classes(cfg.arch.feature_dim(), cfg.layer == ResNetLayer::Fc)?;
+        let spec = ResNetSpec {
+            arch: cfg.arch,
+            stem: Stem::Imagenet,
+            in_channels: 3,
+            classes,
+        };
+        let net = crate::model::resnet::ResNet::build(spec, &mut w)?;
         w.finish()?;
         Ok(ResNet {
-            stem,
-            stages,
-            fc: if cfg.layer == ResNetLayer::Fc {
-                fc
-            } else {
-                None
-            },
+            net,
             layer: cfg.layer,
         })
     }
@@ -269,20 +121,9 @@ impl ResNet {
     /// Features of `xs`: `[n, 3, H, W]` in the model's kind and device -> `[n, 512 | 2048]`
     /// (`pool`) or `[n, classes]` (`fc`). Call under `no_grad`.
     pub fn forward(&self, xs: &Tensor) -> Result<Tensor> {
-        let mut x =
-            self.stem
-                .forward(xs)?
-                .f_relu()?
-                .f_max_pool2d([3, 3], [2, 2], [1, 1], [1, 1], false)?;
-        for stage in &self.stages {
-            for block in stage {
-                x = block.forward(&x)?;
-            }
-        }
-        let pooled = x.f_adaptive_avg_pool2d([1, 1])?.f_flatten(1, -1)?;
-        match (self.layer, &self.fc) {
-            (ResNetLayer::Fc, Some((w, b))) => Ok(pooled.f_linear(w, Some(b))?),
-            _ => Ok(pooled),
+        match self.layer {
+            ResNetLayer::Fc => self.net.forward(xs, false),
+            ResNetLayer::Pool => self.net.features(xs, false),
         }
     }
 }
@@ -341,58 +182,23 @@ impl<'a> Weights<'a> {
         Ok(t)
     }
 
-    #[allow(clippy::too_many_arguments)]
-    fn conv_bn(
-        &mut self,
-        conv: &str,
-        bn: &str,
-        c_in: i64,
-        c_out: i64,
-        k: i64,
-        stride: i64,
-        padding: i64,
-    ) -> Result<ConvBn> {
-        let weight = self.take(&format!("{conv}.weight"), &[c_out, c_in, k, k])?;
-        let bn_tensor = |w: &mut Self, s: &str| w.take(&format!("{bn}.{s}"), &[c_out]);
-        let bn_params = [
-            bn_tensor(self, "weight")?,
-            bn_tensor(self, "bias")?,
-            bn_tensor(self, "running_mean")?,
-            bn_tensor(self, "running_var")?,
-        ];
-        // Training bookkeeping only: accepted, not needed in eval mode.
-        self.used.insert(format!("{bn}.num_batches_tracked"));
-        Ok(ConvBn {
-            weight,
-            stride,
-            padding,
-            bn: bn_params,
-        })
-    }
-
-    /// `fc.weight` `[classes, dim]` and `fc.bias` `[classes]`: required when `needed`,
-    /// checked (and otherwise unused) when present.
-    fn fc(&mut self, dim: i64, needed: bool) -> Result<Option<(Tensor, Tensor)>> {
-        let classes =
-            match self.map.get("fc.weight") {
-                Some(t) if t.dim() == 2 => t.size()[0],
-                Some(t) => {
-                    return Err(self.error(format!(
-                        "tensor `fc.weight` has shape {:?}, a {} needs [classes, {dim}]",
-                        t.size(),
-                        self.arch.name()
-                    )))
-                }
-                None if needed => return Err(self.error(
-                    "missing tensor `fc.weight` (layer: fc needs the classifier; use layer: pool \
-                     for a model without it)"
-                        .into(),
-                )),
-                None => return Ok(None),
-            };
-        let w = self.take("fc.weight", &[classes, dim])?;
-        let b = self.take("fc.bias", &[classes])?;
-        Ok(Some((w, b)))
+    /// The classes of the file's `fc.weight` `[classes, dim]`: required when `needed`;
+    /// when present and not needed it is still checked (and otherwise unused).
+    fn fc_classes(&mut self, dim: i64, needed: bool) -> Result<Option<i64>> {
+        match self.map.get("fc.weight") {
+            Some(t) if t.dim() == 2 => Ok(Some(t.size()[0])),
+            Some(t) => Err(self.error(format!(
+                "tensor `fc.weight` has shape {:?}, a {} needs [classes, {dim}]",
+                t.size(),
+                self.arch.name()
+            ))),
+            None if needed => Err(self.error(
+                "missing tensor `fc.weight` (layer: fc needs the classifier; use layer: pool \
+                 for a model without it)"
+                    .into(),
+            )),
+            None => Ok(None),
+        }
     }
 
     /// Errors on tensors the architecture does not use.
@@ -454,6 +260,17 @@ impl<'a> Weights<'a> {
             }
             _ => String::new(),
         }
+    }
+}
+
+impl TensorSource for Weights<'_> {
+    fn tensor(&mut self, name: &str, shape: &[i64], role: Role) -> Result<Tensor> {
+        if role == Role::RunningVar {
+            // Training bookkeeping only: accepted, not needed in eval mode.
+            let bn = name.strip_suffix(".running_var").unwrap_or(name);
+            self.used.insert(format!("{bn}.num_batches_tracked"));
+        }
+        self.take(name, shape)
     }
 }
 

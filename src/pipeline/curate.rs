@@ -40,6 +40,7 @@ pub fn curate(cfg: &PipelineConfig, cancel: Cancel, observer: Option<Observer>) 
         device: crate::device::name(info.device),
     });
     let total_samples = (info.split.learner.len() * cfg.trainer.epochs) as u64;
+    let stream_start = Instant::now();
     let export_stats = Arc::new(StageStats::new("export"));
     let mut stats = handle.stats.clone();
     stats.push(export_stats.clone());
@@ -89,7 +90,8 @@ pub fn curate(cfg: &PipelineConfig, cancel: Cancel, observer: Option<Observer>) 
         // The export's failure is the root cause; upstream only saw a closed channel.
         error = Some(e.in_stage("export"));
     }
-    let mut report = curation_report(cfg, &info, summary, &stats, start)
+    let streaming_seconds = stream_start.elapsed().as_secs_f64();
+    let mut report = curation_report(cfg, &info, summary, &stats, start, streaming_seconds)
         .ended(error.as_ref(), cancel.is_cancelled());
     report.export = Some(exported);
     write_report(report, error, &cfg.report.path)

@@ -26,16 +26,21 @@ use crate::augment::Augmenter;
 use crate::batch::{run_loader, superbatches_per_epoch, LoaderSummary};
 use crate::config::{ExportConfig, PipelineConfig};
 use crate::error::{Error, Result};
-use crate::export::{ExportStage, Exporter};
-use crate::extract::{run_extract, Extractor};
+use crate::export::{ExportItem, ExportStage, Exporter};
+use crate::extract::{run_extract, ExtractStart, Extractor, Learner};
 use crate::report::{DataReport, Report};
-use crate::select::feedback::LossTable;
+use crate::select::feedback::{FeedbackReader, LossTable};
 use crate::select::learner::{LearnerScorer, Publisher, SnapshotBoard};
+use crate::select::outcome::Acc;
 use crate::select::outcome::{RecordMode, SelectionStats, SubBatch};
 use crate::select::Selector;
 use crate::source::{self, DataSet, Split};
-use crate::train::{eval_set, run_train, EpochRecord, Trainer};
+use crate::train::{
+    eval_set, run_train, EpochRecord, TrainEvent, TrainHook, TrainProgress, Trainer,
+};
+use checkpoint::Checkpointer;
 
+pub mod checkpoint;
 pub mod curate;
 pub mod loader_only;
 pub mod pretrain;
@@ -143,12 +148,16 @@ impl Curation {
         Launch::new(cfg).data(data).learner(board).start(cancel)
     }
 
-    /// Starts the loader and extract stages on `data`; the configuration was checked.
+    /// Starts the loader and extract stages on `data`; the configuration was checked. The
+    /// learner-aware policies score with the trainer's weights on `board`, or else with the
+    /// losses a loader's loop reports into `feedback`.
     fn start_stages(
         cfg: &PipelineConfig,
         data: Arc<DataSet>,
         cancel: Cancel,
         board: Option<Arc<SnapshotBoard>>,
+        feedback: Option<Arc<LossTable>>,
+        resume: Option<ResumeStart>,
     ) -> Result<Curation> {
         set_torch_threads(cfg.torch_threads);
         let device = cfg.device();
@@ -170,10 +179,10 @@ impl Curation {
         } else {
             None
         };
-        let learner = match (policy.needs_learner(), board) {
-            (false, _) => None,
-            (true, Some(board)) => Some(LearnerScorer::new(
-                &cfg.trainer.arch,
+        let learner = match (policy.needs_learner(), board, &feedback) {
+            (false, _, _) => None,
+            (true, Some(board), _) => Some(Learner::Weights(Box::new(LearnerScorer::new(
+                &cfg.trainer.learner_spec()?,
                 shape,
                 classes,
                 device,
@@ -181,24 +190,39 @@ impl Curation {
                 cfg.selection.refresh_every,
                 cfg.selection.snapshot_lag,
                 cfg.extractor.micro_batch,
-            )),
-            (true, None) => {
+            )?))),
+            (true, None, Some(table)) => Some(Learner::Reported {
+                reader: FeedbackReader::new(table.clone(), cfg.selection.snapshot_lag),
+                micro_batch: cfg.extractor.micro_batch,
+            }),
+            (true, None, None) => {
                 return Err(Error::config(
                     "selection.policy",
-                    "this policy scores samples with the learner's weights, which only a \
-                     training run (`saln-pipe run`, pipeline::run) has; use saln, uniform or \
-                     none to curate without a trainer",
+                    "this policy scores samples by the learner's losses: a training run \
+                     (`saln-pipe run`) takes them from its trainer, a loader (saln::loader, \
+                     saln.Loader) from the losses its loop reports; `curate` has neither, use \
+                     saln, uniform or none",
                 ))
             }
         };
+        let losses = feedback.unwrap_or_default();
         let stats = vec![
             Arc::new(StageStats::with_threads("loader", cfg.augment.workers)),
             Arc::new(StageStats::new("extract")),
         ];
         let (sb_tx, sb_rx) = tokio::sync::mpsc::channel(cfg.channels.loader_to_extract);
         let (sub_tx, sub_rx) = tokio::sync::mpsc::channel(cfg.channels.extract_to_train);
-        let plan = cfg.loader_plan(split.learner.clone(), cfg.trainer.epochs)?;
+        let mut plan = cfg.loader_plan(split.learner.clone(), cfg.trainer.epochs)?;
         let per_epoch = superbatches_per_epoch(&plan);
+        let mut extract_start = ExtractStart::default();
+        if let Some(r) = resume {
+            plan.start = r.at.seq(per_epoch as u64);
+            plan.carried = r.loaded;
+            extract_start = ExtractStart {
+                sent: r.sent,
+                tally: r.tally,
+            };
+        }
         let loader = {
             let (src, aug, st, c) = (
                 data.train.clone(),
@@ -214,7 +238,16 @@ impl Curation {
             let (st, c) = (stats[1].clone(), cancel.clone());
             spawn_stage("extract", &cancel, move || {
                 run_extract(
-                    extractor, learner, selector, device, record, sb_rx, sub_tx, &st, &c,
+                    extractor,
+                    learner,
+                    selector,
+                    device,
+                    record,
+                    sb_rx,
+                    sub_tx,
+                    &st,
+                    &c,
+                    extract_start,
                 )
             })?
         };
@@ -232,7 +265,7 @@ impl Curation {
                 },
                 stats,
                 cancel,
-                losses: Arc::new(LossTable::default()),
+                losses,
                 loader,
                 extract,
             },
@@ -253,7 +286,8 @@ pub struct CurationHandle {
     pub stats: Vec<Arc<StageStats>>,
     /// The run's cancellation flag.
     pub cancel: Cancel,
-    /// Learner losses handed back by a training loop (the loader API's feedback, for learner-aware policies to read).
+    /// Learner losses handed back by a training loop (the loader API's feedback, which the
+    /// learner-aware policies read in a loader run).
     pub losses: Arc<LossTable>,
     loader: JoinHandle<Result<LoaderSummary>>,
     extract: JoinHandle<Result<SelectionStats>>,
@@ -271,7 +305,24 @@ pub struct Launch<'a> {
     cfg: &'a PipelineConfig,
     data: Option<Arc<DataSet>>,
     board: Option<Arc<SnapshotBoard>>,
+    feedback: Option<Arc<LossTable>>,
     prepare_export: bool,
+    resume: Option<ResumeStart>,
+}
+
+/// Where a resumed run's loader and extract stages start (from a checkpoint).
+#[derive(Debug, Clone)]
+pub struct ResumeStart {
+    /// The first super-batch to load.
+    pub at: crate::batch::LoaderState,
+    /// The loader's figures before it.
+    pub loaded: LoaderSummary,
+    /// Sub-batches the trainer consumed before it.
+    pub sent: u64,
+    /// The selection's figures before it.
+    pub tally: Acc,
+    /// The export files finished before it (kept; every other export file is removed).
+    pub export_files: Vec<String>,
 }
 
 impl<'a> Launch<'a> {
@@ -281,8 +332,17 @@ impl<'a> Launch<'a> {
             cfg,
             data: None,
             board: None,
+            feedback: None,
             prepare_export: false,
+            resume: None,
         }
+    }
+
+    /// Starts at a checkpoint's position instead of the beginning; the export folder (with
+    /// [`Launch::prepare_export`]) keeps the checkpoint's finished files and loses the rest.
+    pub fn resume(mut self, at: ResumeStart) -> Self {
+        self.resume = Some(at);
+        self
     }
 
     /// Runs on `data`, opened by the caller (`cfg.source` needs no format block).
@@ -294,6 +354,14 @@ impl<'a> Launch<'a> {
     /// The board the trainer publishes its weights on (learner-aware policies need one).
     pub fn learner(mut self, board: Option<Arc<SnapshotBoard>>) -> Self {
         self.board = board;
+        self
+    }
+
+    /// The loss table a loader's training loop reports into: without a trainer's `board`,
+    /// the learner-aware policies score from it (`select::feedback`). It becomes the
+    /// handle's `losses`.
+    pub fn feedback(mut self, losses: Arc<LossTable>) -> Self {
+        self.feedback = Some(losses);
         self
     }
 
@@ -309,13 +377,16 @@ impl<'a> Launch<'a> {
         let cfg = self.cfg;
         check_config(cfg, self.data.is_some())?;
         if let (true, Some(e)) = (self.prepare_export, &cfg.export) {
-            crate::export::prepare(e)?;
+            match &self.resume {
+                Some(r) => crate::export::prepare_resume(e, &r.export_files)?,
+                None => crate::export::prepare(e)?,
+            }
         }
         let data = match self.data {
             Some(d) => d,
             None => Arc::new(source::open(&cfg.source)?),
         };
-        Curation::start_stages(cfg, data, cancel, self.board)
+        Curation::start_stages(cfg, data, cancel, self.board, self.feedback, self.resume)
     }
 }
 
@@ -355,12 +426,23 @@ impl CurationHandle {
 }
 
 /// Runs a whole pipeline: the [`Curation`] front half, then the train stage on its output;
-/// writes the report to `cfg.report.path` and returns it.
+/// writes the report to `cfg.report.path` and returns it. Checkpoints are written as
+/// `checkpoint:` says (see [`checkpoint`]); a run that does not resume empties the run
+/// folder first.
 ///
 /// Returns `Err` when a stage failed (the report, with `status: failed`, is written first);
 /// a cancelled run returns `Ok` with `status: cancelled` and the epochs that completed.
 pub fn run(cfg: &PipelineConfig, cancel: Cancel, observer: Option<Observer>) -> Result<Report> {
-    train_run(cfg, None, cancel, observer)
+    train_run(cfg, None, cancel, observer, false)
+}
+
+/// Like [`run`], continuing from the newest complete checkpoint in `checkpoint.dir`
+/// (`saln-pipe run FILE --resume`). Refused, with every changed key named, when the
+/// configuration differs from the checkpoint's in a way that changes the result
+/// ([`checkpoint::result_config`]). The result (selection, `kept_digest`, per-epoch
+/// accuracies, export rows) is the uninterrupted run's.
+pub fn resume(cfg: &PipelineConfig, cancel: Cancel, observer: Option<Observer>) -> Result<Report> {
+    train_run(cfg, None, cancel, observer, true)
 }
 
 /// Like [`run`], on a data set the caller opened or built.
@@ -370,18 +452,86 @@ pub fn run_with(
     cancel: Cancel,
     observer: Option<Observer>,
 ) -> Result<Report> {
-    train_run(cfg, Some(data), cancel, observer)
+    train_run(cfg, Some(data), cancel, observer, false)
 }
 
-/// `run`: launch the curation, build the trainer and the export tee, run the train stage
-/// until the stream ends, then join everything and write the report.
+/// What the train thread does besides training: hands each trained sub-batch's record
+/// to the exporter (so the export holds exactly what the trainer received, and is in step
+/// with it at a checkpoint) and writes checkpoints when due.
+struct RunHook {
+    exporter: Option<(Exporter, Arc<StageStats>)>,
+    checkpointer: Option<Checkpointer>,
+    per_epoch: u64,
+    loaded: LoaderSummary,
+    tally: Acc,
+}
+
+impl TrainHook for RunHook {
+    fn after(
+        &mut self,
+        event: TrainEvent<'_>,
+        trainer: &Trainer,
+        progress: &TrainProgress,
+    ) -> Result<()> {
+        let boundary = match event {
+            TrainEvent::Trained(sub) => {
+                self.loaded = std::mem::take(&mut sub.loaded);
+                self.tally = std::mem::take(&mut sub.tally);
+                if let Some((x, st)) = &mut self.exporter {
+                    let t = Instant::now();
+                    let item = ExportItem::take_from(sub)?;
+                    x.write(&item)?;
+                    st.item(item.record.ids.len());
+                    st.busy(t.elapsed());
+                }
+                // The last super-batch of an epoch is followed by its evaluation: the
+                // checkpoint comes after that.
+                (sub.seq + 1) % self.per_epoch.max(1) != 0
+            }
+            TrainEvent::EpochEnd(epoch) => {
+                if let Some((x, _)) = &mut self.exporter {
+                    x.end_epoch(epoch)?;
+                }
+                true
+            }
+        };
+        if let Some(c) = &mut self.checkpointer {
+            if boundary && c.due(trainer.steps()) {
+                let export = match &mut self.exporter {
+                    Some((x, _)) => Some(x.checkpoint()?),
+                    None => None,
+                };
+                c.write(trainer, progress, &self.loaded, &self.tally, export)?;
+            }
+        }
+        Ok(())
+    }
+}
+
+/// `run`: launch the curation (at the checkpoint's position when resuming), build the
+/// trainer (restored when resuming) and the exporter, run the train stage until the stream
+/// ends, then join everything and write the report.
 fn train_run(
     cfg: &PipelineConfig,
     data: Option<Arc<DataSet>>,
     cancel: Cancel,
     observer: Option<Observer>,
+    resume: bool,
 ) -> Result<Report> {
     let start = Instant::now();
+    let folder = cfg.checkpoint.folder();
+    let restored = if resume {
+        // Check the configuration before anything is touched.
+        check_config(cfg, data.is_some())?;
+        let latest = checkpoint::load_latest(&folder, cfg)?;
+        checkpoint::clear_partials(&folder)?;
+        Some(latest)
+    } else {
+        if cfg.checkpoint.enabled {
+            checkpoint::clear(&folder)?;
+        }
+        None
+    };
     let board = cfg
         .selection
         .policy
@@ -391,14 +541,39 @@ fn train_run(
     if let Some(d) = data {
         launch = launch.data(d);
     }
+    if let Some(r) = &restored {
+        let s = &r.state;
+        launch = launch.resume(ResumeStart {
+            at: s.loader,
+            loaded: s.loaded.clone(),
+            sent: s.step,
+            tally: s.tally.clone(),
+            export_files: s
+                .export
+                .as_ref()
+                .map(|e| e.summary.files.clone())
+                .unwrap_or_default(),
+        });
+    }
     let (sub_rx, handle) = launch.start(cancel.clone())?.into_parts();
     let info = handle.info.clone();
+    let per_epoch = info.superbatches_per_epoch as u64;
     // What can fail before the train stage starts stops the curation again.
-    let ready = build_trainer(cfg, &info, board).and_then(|(trainer, test_skipped)| {
-        let (rx, export) = attach_export(cfg, &info, sub_rx, &cancel)?;
-        Ok((trainer, test_skipped, rx, export))
-    });
-    let (mut trainer, test_skipped, sub_rx, export) = match ready {
+    let ready =
+        build_trainer(cfg, &info, board, restored.as_ref()).and_then(|(trainer, test_skipped)| {
+            let exporter = match &cfg.export {
+                None => None,
+                Some(e) => {
+                    let mut x = Exporter::new(e, &cfg.provenance(), info.data.train.clone())?;
+                    if let Some(state) = restored.as_ref().and_then(|r| r.state.export.clone()) {
+                        x.resume(state);
+                    }
+                    Some((x, Arc::new(StageStats::new("export"))))
+                }
+            };
+            Ok((trainer, test_skipped, exporter))
+        });
+    let (mut trainer, test_skipped, exporter) = match ready {
         Ok(r) => r,
         Err(e) => {
             cancel.cancel();
@@ -407,6 +582,12 @@ fn train_run(
         }
     };
     let test_samples = trainer.test_len();
+    let progress = restored
+        .as_ref()
+        .map(|r| r.state.train.clone())
+        .unwrap_or_default();
+    let resumed_from_step = restored.as_ref().map(|r| r.state.step);
+    drop(restored);
 
     let observer: Observer = observer.unwrap_or_else(|| Arc::new(|_: &Event| {}));
     observer(&Event::Started {
@@ -414,52 +595,100 @@ fn train_run(
         epochs: cfg.trainer.epochs,
         device: crate::device::name(info.device),
     });
+    for r in &progress.records {
+        observer(&Event::Epoch(r.clone()));
+    }
     let stream_start = Instant::now();
     let train_stats = Arc::new(StageStats::new("train"));
     let mut stats = handle.stats.clone();
     stats.push(train_stats.clone());
-    stats.extend(export.as_ref().map(|x| x.stats.clone()));
+    stats.extend(exporter.as_ref().map(|x| x.1.clone()));
+    let mut hook = RunHook {
+        exporter,
+        checkpointer: Checkpointer::new(cfg, per_epoch, trainer.steps()),
+        per_epoch,
+        loaded: LoaderSummary::default(),
+        tally: Acc::new(),
+    };
     let train = {
         let (st, c, obs) = (train_stats, cancel.clone(), observer.clone());
         spawn_stage("train", &cancel, move || {
             let on_epoch = move |r: &EpochRecord| obs(&Event::Epoch(r.clone()));
-            run_train(&mut trainer, sub_rx, &st, &c, start, &on_epoch)
+            let records = run_train(
+                &mut trainer,
+                sub_rx,
+                &st,
+                &c,
+                start,
+                &on_epoch,
+                progress,
+                per_epoch,
+                &mut hook,
+            );
+            if records.is_err() {
+                c.cancel();
+            }
+            // `trainer.save`: the trained learner, once the run has finished (not when
+            // cancelled: a half-trained learner under the final name would mislead).
+            let records = match records {
+                Ok(r) if !c.is_cancelled() => trainer.save().map(|()| r),
+                other => other,
+            };
+            // The exporter goes back to the caller even when training failed.
+            Ok((records, hook))
         })?
     };
     let total_samples = (info.split.learner.len() * cfg.trainer.epochs) as u64;
     let ticker = Ticker::start(cfg, stats.clone(), observer, start, total_samples);
 
-    let trained = join(train, "train");
+    let (trained, hook) = match join(train, "train") {
+        Ok((records, hook)) => (records.map_err(|e| e.in_stage("train")), Some(hook)),
+        Err(e) => (Err(e), None),
+    };
+    if trained.is_err() {
+        cancel.cancel();
+    }
     let (summary, mut error) = handle.finish();
     let streaming_seconds = stream_start.elapsed().as_secs_f64();
-    let exported = export.map(|x| {
-        x.finish().unwrap_or_else(|e| {
-            error.get_or_insert(e);
-            Default::default()
-        })
-    });
+    let (exported, checkpoints) = match hook {
+        Some(h) => (
+            h.exporter.map(|(x, _)| x.finish()),
+            h.checkpointer.map(|c| crate::report::CheckpointReport {
+                dir: folder.clone(),
+                written: c.written.len() as u64,
+                mean_seconds: c.written.iter().map(|w| w.0).sum::<f64>()
+                    / c.written.len().max(1) as f64,
+                last_bytes: c.written.last().map_or(0, |w| w.1),
+                resumed_from_step,
+            }),
+        ),
+        None => (None, None),
+    };
     ticker.stop();
     let epochs = trained.unwrap_or_else(|e| {
         // The trainer's own failure is the root cause; upstream only saw a closed channel.
         error = Some(e);
         Vec::new()
     });
-    let mut report = curation_report(cfg, &info, summary, &stats, start);
+    let mut report = curation_report(cfg, &info, summary, &stats, start, streaming_seconds);
     report.data.test_samples = test_samples;
     (report.data.test_skipped, report.data.test_first_skipped) = test_skipped;
     report.epochs = epochs;
     let mut report = report.ended(error.as_ref(), cancel.is_cancelled());
-    report.overlap = Overlap::from_stages(&report.stages, streaming_seconds);
     report.export = exported;
+    report.checkpoints = checkpoints;
     write_report(report, error, &cfg.report.path)
 }
 
 /// The learner, with the test set prepared (and how many test samples were skipped, with
-/// the first few), publishing its weights on `board` when a learner-aware policy needs them.
+/// the first few), publishing its weights on `board` when a learner-aware policy needs them;
+/// restored from `restored` when resuming (with the snapshots the extract stage still needs
+/// published first).
 fn build_trainer(
     cfg: &PipelineConfig,
     info: &RunInfo,
     board: Option<Arc<SnapshotBoard>>,
+    restored: Option<&checkpoint::Loaded>,
 ) -> Result<(Trainer, (u64, Vec<String>))> {
     let test = eval_set(
         info.data.test.as_ref(),
@@ -480,29 +709,31 @@ fn build_trainer(
         (test.x, test.y),
         total_steps,
     )?;
+    if let Some(r) = restored {
+        let on_device: Vec<(String, tch::Tensor)> = r
+            .learner
+            .iter()
+            .map(|(n, t)| Ok((n.clone(), t.f_to_device(info.device)?)))
+            .collect::<Result<_>>()?;
+        trainer.restore(&on_device, r.state.step)?;
+    }
     if let Some(board) = board {
-        trainer.publish_to(Publisher::new(board, cfg.selection.refresh_every))?;
+        let publisher = Publisher::new(board, cfg.selection.refresh_every)
+            .retaining(cfg.selection.snapshot_lag);
+        if let Some(r) = restored {
+            let mut saved = Vec::new();
+            for (step, vars) in &r.snapshots {
+                let vars = vars
+                    .iter()
+                    .map(|(n, t)| Ok((n.clone(), t.f_to_device(info.device)?)))
+                    .collect::<Result<Vec<_>>>()?;
+                saved.push((*step, vars));
+            }
+            publisher.republish(saved);
+        }
+        trainer.publish_to(publisher)?;
     }
     Ok((trainer, skipped))
-}
-
-/// With an `export:` section, starts the export stage and tees the curated stream into it;
-/// returns the stream the consumer reads (unchanged without an export).
-fn attach_export(
-    cfg: &PipelineConfig,
-    info: &RunInfo,
-    stream: tokio::sync::mpsc::Receiver<Msg<SubBatch>>,
-    cancel: &Cancel,
-) -> Result<(
-    tokio::sync::mpsc::Receiver<Msg<SubBatch>>,
-    Option<ExportStage>,
-)> {
-    let Some(e) = &cfg.export else {
-        return Ok((stream, None));
-    };
-    let mut stage = export_stage(e, cfg, info, cancel)?;
-    let rx = stage.tee(stream, cfg.channels.extract_to_train, cancel)?;
-    Ok((rx, Some(stage)))
 }
 
 /// The export stage of a run of `cfg` writing to `export`, started (its thread waits for
@@ -526,10 +757,15 @@ pub(crate) fn curation_report(
     summary: CurationSummary,
     stats: &[Arc<StageStats>],
     start: Instant,
+    streaming_seconds: f64,
 ) -> Report {
     let mut report = Report::new(cfg, crate::device::name(info.device));
     report.data = DataReport::new(&info.split, summary.loader);
-    report.stages = stats.iter().map(|s| s.snapshot()).collect();
+    let stages: Vec<_> = stats.iter().map(|s| s.snapshot()).collect();
+    // The loader's count is the scale of every rate, so the overlap sees every stage; the
+    // report lists only the stages that ran.
+    report.overlap = Overlap::from_stages(&stages, streaming_seconds);
+    report.stages = stages.into_iter().filter(|s| s.ran()).collect();
     report.selection = summary.selection;
     report.wall_seconds = start.elapsed().as_secs_f64();
     report

@@ -117,7 +117,12 @@ pub fn pretrain(
         cfg.source.on_error,
         device,
     )?;
-    let test_accuracy = evaluate(&model, &test.x, &test.y, cfg.trainer.eval_batch)?;
+    let test_accuracy = evaluate(
+        |x| model.logits(x),
+        &test.x,
+        &test.y,
+        cfg.trainer.eval_batch,
+    )?;
     let weights = cfg.extractor.weights.clone();
     save_atomic(&vs, &weights)?;
     Ok(PretrainSummary {

@@ -54,10 +54,13 @@ pub(super) fn validate(s: &SelectionConfig, v: &mut Issues) {
     });
 }
 
-/// Per-sample losses of a super-batch, from the `[n, 2]` tensor (learner, reference).
+/// Per-sample losses of a super-batch: from the `[n, 2]` tensor (learner, reference) of a
+/// training run ([`Losses::from_tensor`]), or from what a loader's loop reported
+/// ([`super::feedback`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct Losses {
-    /// The learner's cross-entropy per sample.
+    /// The learner's cross-entropy per sample; `+inf` for a sample whose loss is not known
+    /// yet (a loader's loop never reported one), which every policy prefers.
     pub learner: Vec<f64>,
     /// The reference model's (0 for `loss`, which does not compute it).
     pub reference: Vec<f64>,
@@ -96,6 +99,35 @@ impl Losses {
         Ok(Losses { learner, reference })
     }
 
+    /// Checks losses assembled outside [`Losses::from_tensor`]: `n` of each, reference
+    /// losses finite, learner losses finite or `+inf` (unknown). A bad value names its
+    /// position.
+    pub fn check(&self, n: usize) -> std::result::Result<(), SelectError> {
+        if self.learner.len() != n || self.reference.len() != n {
+            return Err(SelectError::Other(format!(
+                "{} learner and {} reference losses for {n} samples",
+                self.learner.len(),
+                self.reference.len()
+            )));
+        }
+        let bad = |position: usize, whose: &str, value: f64| {
+            SelectError::Sample(SampleFault {
+                position,
+                what: "loss",
+                problem: format!("under the {whose} is not finite ({value})"),
+            })
+        };
+        for (i, (&l, &r)) in self.learner.iter().zip(&self.reference).enumerate() {
+            if l.is_nan() || l == f64::NEG_INFINITY {
+                return Err(bad(i, "learner", l));
+            }
+            if !r.is_finite() {
+                return Err(bad(i, "reference model", r));
+            }
+        }
+        Ok(())
+    }
+
     /// `learner - reference` per sample: RHO-LOSS's reducible loss, JEST's learnability.
     pub fn reducible(&self) -> Vec<f64> {
         self.learner
@@ -122,7 +154,7 @@ pub fn top_b(scores: &[f64], b: usize) -> Vec<usize> {
 }
 
 /// JEST's chunked joint sampling of `b` of the `s.len()` samples with learnabilities `s`
-/// (finite), in `chunks` chunks (at most `b`; sizes differ by at most one): the first
+/// (finite, or `+inf` for an unknown loss: preferred), in `chunks` chunks (at most `b`; sizes differ by at most one): the first
 /// chunk uniformly at random, each later one drawn one sample at a time without
 /// replacement with `p_i ~ exp(s_i)` over the samples not yet chosen. Returns the chosen
 /// positions, ascending. For why this is JEST for a per-example loss, see the module doc.
@@ -154,9 +186,16 @@ pub fn jest(s: &[f64], b: usize, chunks: usize, rng: &mut Rng) -> Vec<usize> {
     for k in 1..chunks {
         for _ in 0..size(k) {
             // exp(s - max over the candidates) keeps every weight in [0, 1] with at least
-            // one equal to 1, so the total never underflows to 0.
+            // one equal to 1, so the total never underflows to 0. With `+inf` candidates
+            // (unknown losses) that is the limit: uniform over them, 0 for the others.
             let top = rest.iter().map(|&i| s[i]).fold(f64::NEG_INFINITY, f64::max);
-            let weight = |i: usize| (s[i] - top).exp();
+            let weight = |i: usize| {
+                if top == f64::INFINITY {
+                    f64::from(u8::from(s[i] == f64::INFINITY))
+                } else {
+                    (s[i] - top).exp()
+                }
+            };
             let total: f64 = rest.iter().map(|&i| weight(i)).sum();
             let mut u = rng.next_f64() * total;
             // The last candidate takes any rounding leftover.
@@ -185,19 +224,27 @@ pub(super) fn select(
     losses: Option<&Tensor>,
     superbatch: u64,
 ) -> Result<Selection> {
-    let err = |message: String| Error::Selection {
+    let losses = losses.ok_or_else(|| Error::Selection {
         superbatch,
-        message,
-    };
-    let losses = losses.ok_or_else(|| {
-        err(format!(
+        message: format!(
             "the {} policy needs the per-sample losses of the learner",
             cfg.policy.name()
-        ))
+        ),
     })?;
     let losses = Losses::from_tensor(losses, n).map_err(|e| e.at(superbatch))?;
+    select_from(cfg, b, &losses, superbatch)
+}
+
+/// As [`select`], from checked [`Losses`] (a learner loss may be `+inf`: unknown, preferred).
+pub(super) fn select_from(
+    cfg: &SelectorConfig,
+    b: usize,
+    losses: &Losses,
+    superbatch: u64,
+) -> Result<Selection> {
+    let n = losses.learner.len();
     let (kept, scores) = match cfg.policy {
-        Policy::Loss => (top_b(&losses.learner, b), losses.learner),
+        Policy::Loss => (top_b(&losses.learner, b), losses.learner.clone()),
         Policy::RhoLoss => {
             let s = losses.reducible();
             (top_b(&s, b), s)
@@ -208,10 +255,10 @@ pub(super) fn select(
             (jest(&s, b, cfg.jest_chunks, &mut r), s)
         }
         p => {
-            return Err(err(format!(
-                "policy {} is not a loss-based baseline",
-                p.name()
-            )))
+            return Err(Error::Selection {
+                superbatch,
+                message: format!("policy {} is not a loss-based baseline", p.name()),
+            })
         }
     };
     let mut out = Selection::without_spectrum(kept, n, b as f64 / n.max(1) as f64);
@@ -349,6 +396,41 @@ mod tests {
         s[7] = 800.0; // exp(800) overflows without the shift by the maximum
         let kept = jest(&s, 5, 5, &mut Rng::new(3));
         assert!(kept.contains(&7) && kept.len() == 5, "{kept:?}");
+    }
+
+    #[test]
+    fn unknown_losses_are_preferred_by_every_baseline() {
+        // Samples 2 and 5 have no reported loss (+inf): kept before any known loss.
+        let inf = f64::INFINITY;
+        let l = Losses {
+            learner: vec![3.0, 1.0, inf, 2.0, 9.0, inf, 0.5, 0.1],
+            reference: vec![0.0; 8],
+        };
+        l.check(8).unwrap();
+        for p in [Policy::Loss, Policy::RhoLoss] {
+            let s = selector(p, 0.375, 0).select_losses(8, &l, 0, 0.0).unwrap();
+            assert_eq!(s.kept, vec![2, 4, 5], "{p:?}");
+            assert_eq!(s.scores[2], f32::INFINITY);
+        }
+        // JEST: the first chunk is uniform, every later draw takes an unknown one while
+        // some remain.
+        for seq in 0..50 {
+            let s = selector(Policy::Jest, 0.5, 1)
+                .select_losses(8, &l, seq, 0.0)
+                .unwrap();
+            assert_eq!(s.kept.len(), 4);
+            assert!(s.kept.contains(&2) && s.kept.contains(&5), "{:?}", s.kept);
+        }
+        let bad = Losses {
+            learner: vec![f64::NEG_INFINITY],
+            reference: vec![0.0],
+        };
+        assert!(bad.check(1).unwrap_err().to_string().contains("sample 0"));
+        let bad = Losses {
+            learner: vec![1.0],
+            reference: vec![inf],
+        };
+        assert!(bad.check(1).unwrap_err().to_string().contains("reference"));
     }
 
     #[test]

@@ -47,7 +47,7 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Device, Kind, Tensor};
 
 use crate::error::{Error, Result};
-use crate::model::{Cnn, CnnArch};
+use crate::model::learner::{Learner, LearnerSpec};
 use crate::stage::Cancel;
 
 /// The reference model's logits of a micro-batch `[m, C, H, W]` -> `[m, K]` (the extract
@@ -237,6 +237,9 @@ impl SnapshotBoard {
 pub struct Publisher {
     board: Arc<SnapshotBoard>,
     every: u64,
+    /// With `Some(lag)`: copies of the published snapshots the extract stage may still
+    /// need, for checkpoints ([`Publisher::retained`]).
+    keep: Option<(u64, Mutex<VecDeque<Snapshot>>)>,
 }
 
 impl Publisher {
@@ -245,6 +248,55 @@ impl Publisher {
         Publisher {
             board,
             every: every.max(1),
+            keep: None,
+        }
+    }
+
+    /// Also keeps a copy of every published snapshot the extract stage may still need
+    /// after the trainer's current step (those of steps `>= snapshot_step(step, every,
+    /// lag)`), so that a checkpoint can hold them ([`Publisher::retained`]): a resumed run
+    /// must score its first sub-batches with the same, older weights as the uninterrupted
+    /// run did. At most `lag / every + 1` copies.
+    pub fn retaining(mut self, lag: u64) -> Publisher {
+        self.keep = Some((lag, Mutex::new(VecDeque::new())));
+        self
+    }
+
+    /// The snapshots kept by [`Publisher::retaining`] (oldest first) that the extract stage
+    /// may still need at `step`: each as `(step, variables)`.
+    pub fn retained(&self) -> Vec<(u64, Vec<(String, Tensor)>)> {
+        let Some((_, kept)) = &self.keep else {
+            return Vec::new();
+        };
+        let kept = kept.lock().unwrap_or_else(|p| p.into_inner());
+        kept.iter()
+            .map(|s| {
+                let vars = s
+                    .vars
+                    .iter()
+                    .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                    .collect();
+                (s.step, vars)
+            })
+            .collect()
+    }
+
+    /// Publishes snapshots saved by a checkpoint (oldest first, each older than the
+    /// trainer's restored step) before the trainer's `publish_to`
+    /// publishes the current weights, and keeps them as [`Publisher::retaining`] would have.
+    pub fn republish(&self, saved: Vec<(u64, Vec<(String, Tensor)>)>) {
+        for (step, mut vars) in saved {
+            vars.sort_by(|a, b| a.0.cmp(&b.0));
+            if let Some((_, kept)) = &self.keep {
+                let copy = vars
+                    .iter()
+                    .map(|(n, t)| (n.clone(), t.shallow_clone()))
+                    .collect();
+                kept.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push_back(Snapshot { step, vars: copy });
+            }
+            self.board.publish(Snapshot { step, vars });
         }
     }
 
@@ -253,6 +305,17 @@ impl Publisher {
     pub fn after_step(&self, step: u64, vs: &nn::VarStore) -> Result<()> {
         if step % self.every == 0 {
             self.board.publish(Snapshot::of(step, vs)?);
+        }
+        if let Some((lag, kept)) = &self.keep {
+            let mut kept = kept.lock().unwrap_or_else(|p| p.into_inner());
+            if step % self.every == 0 && kept.back().is_none_or(|s| s.step < step) {
+                kept.push_back(Snapshot::of(step, vs)?);
+            }
+            // The extract stage's next sub-batch is the trainer's next step at the earliest.
+            let oldest = snapshot_step(step, self.every, *lag);
+            while kept.front().is_some_and(|s| s.step < oldest) {
+                kept.pop_front();
+            }
         }
         self.board.set_trainer_step(step);
         Ok(())
@@ -290,8 +353,7 @@ pub struct LearnerStats {
 /// The extract stage's copy of the learner: it computes per-sample losses of super-batches
 /// with the snapshot [`snapshot_step`] prescribes.
 pub struct LearnerScorer {
-    vs: nn::VarStore,
-    model: Cnn,
+    learner: Learner,
     board: Arc<SnapshotBoard>,
     every: u64,
     lag: u64,
@@ -314,14 +376,15 @@ pub struct Scored {
 }
 
 impl LearnerScorer {
-    /// A learner of `arch` for `shape` `(C, H, W)` images and `classes` classes on `device`
-    /// (the trainer's), fed from `board`, refreshed every `every` steps with `lag`.
-    /// Its initial weights are never used (every score waits for a snapshot); they are
-    /// drawn under [`crate::model::seeded`] so that making them does not disturb another
-    /// model's seeded initialisation.
+    /// A learner of `spec` for `shape` `(C, H, W)` images and `classes` classes on `device`
+    /// (the trainer's), in evaluation mode, fed from `board`, refreshed every `every` steps
+    /// with `lag`. Its initial weights are never used (every score waits for a snapshot);
+    /// they are drawn under [`crate::model::seeded`] so that making them does not disturb
+    /// another model's seeded initialisation. A snapshot holds every variable, a ResNet's
+    /// batch-norm running statistics included.
     #[allow(clippy::too_many_arguments)]
     pub fn new(
-        arch: &CnnArch,
+        spec: &LearnerSpec,
         shape: (usize, usize, usize),
         classes: usize,
         device: Device,
@@ -329,16 +392,12 @@ impl LearnerScorer {
         every: u64,
         lag: u64,
         micro_batch: usize,
-    ) -> LearnerScorer {
-        let (mut vs, model) = crate::model::seeded(0, || {
-            let vs = nn::VarStore::new(device);
-            let model = Cnn::new(&vs.root(), arch, shape, classes);
-            (vs, model)
-        });
-        vs.freeze();
-        LearnerScorer {
-            vs,
-            model,
+    ) -> Result<LearnerScorer> {
+        let mut learner = Learner::build(spec, shape, classes, 0, device)?;
+        learner.freeze();
+        learner.set_train(false)?;
+        Ok(LearnerScorer {
+            learner,
             board,
             every: every.max(1),
             lag,
@@ -352,7 +411,7 @@ impl LearnerScorer {
                 snapshot_lag: lag,
                 ..Default::default()
             },
-        }
+        })
     }
 
     /// Per-sample losses of `images` (`[n, C, H, W]` float32 on the device) against
@@ -376,7 +435,7 @@ impl LearnerScorer {
                 return Ok(None);
             };
             waited = t.elapsed().as_secs_f64();
-            snapshot.load_into(&self.vs)?;
+            snapshot.load_into(self.learner.var_store())?;
             self.loaded = Some(step);
             self.stats.refreshes += 1;
             self.stats.wait_seconds += waited;
@@ -390,7 +449,12 @@ impl LearnerScorer {
         self.stats.max_staleness_at_scoring = self.stats.max_staleness_at_scoring.max(stale_now);
 
         let _guard = tch::no_grad_guard();
-        let learner = per_sample_loss(|x| self.model.logits(x), images, labels, self.micro_batch)?;
+        let learner = per_sample_loss(
+            |x| self.learner.forward(x),
+            images,
+            labels,
+            self.micro_batch,
+        )?;
         let reference = match reference {
             Some(r) => per_sample_loss(r, images, labels, self.micro_batch)?,
             None => learner.f_zeros_like()?,
@@ -414,7 +478,7 @@ impl LearnerScorer {
 
 /// Cross-entropy of each sample: `logits(x)` `[m, K]` per micro-batch of `micro` images,
 /// against `labels` `[n]` -> `[n]` float32.
-fn per_sample_loss(
+pub(crate) fn per_sample_loss(
     logits: impl Fn(&Tensor) -> Result<Tensor>,
     images: &Tensor,
     labels: &Tensor,
@@ -440,6 +504,7 @@ fn per_sample_loss(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{Cnn, CnnArch};
 
     fn learner(seed: u64) -> (nn::VarStore, Cnn) {
         let arch = CnnArch {

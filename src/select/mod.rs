@@ -9,7 +9,7 @@
 //! | [`learner`] | the learner's weights in the extract stage: snapshots, staleness |
 //! | [`schedule`] | the keep ratio over training (constant, linear, cosine, step) |
 //! | [`bench`] | `saln-pipe bench selection`: dense vs iterative, time and agreement |
-//! | [`feedback`] | per-sample learner losses handed back by a training loop |
+//! | [`feedback`] | per-sample learner losses handed back by a loader's training loop, and the reader that scores with them |
 //!
 //! Policies ([`Policy`]): `saln` (spectral, label- and learner-free), `uniform` (b of B at
 //! random: the baseline any selection must beat at equal compute), `none` (everything;
@@ -149,8 +149,9 @@ impl Policy {
         matches!(self, Policy::Saln)
     }
 
-    /// Whether the policy scores samples with the learner's current weights (the extract
-    /// stage then keeps a snapshot of them, [`learner`]).
+    /// Whether the policy scores samples by the learner's losses: with snapshots of the
+    /// trainer's weights in a training run ([`learner`]), with the losses a loader's loop
+    /// reports in a loader run ([`feedback`]).
     pub fn needs_learner(self) -> bool {
         matches!(self, Policy::Loss | Policy::RhoLoss | Policy::Jest)
     }
@@ -382,6 +383,32 @@ impl Selector {
                 s
             }
         };
+        out.seconds = start.elapsed().as_secs_f64();
+        Ok(out)
+    }
+
+    /// Selects from a super-batch scored by per-sample `losses` (`loss`, `rho-loss`,
+    /// `jest`), as [`Selector::select`] does from the `[n, 2]` tensor, here assembled by the
+    /// caller: a loader's reported losses ([`feedback`]), where a learner loss is `+inf`
+    /// for a sample with none yet. The losses are checked ([`baselines::Losses::check`]).
+    pub fn select_losses(
+        &self,
+        n: usize,
+        losses: &baselines::Losses,
+        superbatch: u64,
+        progress: f64,
+    ) -> Result<Selection> {
+        let start = Instant::now();
+        if !self.cfg.policy.needs_learner() {
+            return Err(Error::Selection {
+                superbatch,
+                message: format!("policy {} does not score losses", self.cfg.policy.name()),
+            });
+        }
+        losses.check(n).map_err(|e| e.at(superbatch))?;
+        let rho = self.cfg.schedule.keep_ratio(self.cfg.keep_ratio, progress);
+        let mut out = baselines::select_from(&self.cfg, keep_count(n, rho), losses, superbatch)?;
+        out.keep_ratio = rho;
         out.seconds = start.elapsed().as_secs_f64();
         Ok(out)
     }

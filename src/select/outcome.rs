@@ -5,6 +5,7 @@
 //! (which runs the selector on its features) and every stage after it use them.
 use tch::Tensor;
 
+use super::feedback::FeedbackStats;
 use super::learner::LearnerStats;
 use super::Selection;
 
@@ -28,6 +29,10 @@ pub struct SubBatch {
     /// The whole super-batch as the selector saw it; filled only when an export asks for
     /// it ([`RecordMode`]), `None` otherwise.
     pub record: Option<SelectionRecord>,
+    /// The loader's figures up to and including this super-batch.
+    pub loaded: crate::batch::LoaderSummary,
+    /// The selection's figures up to and including this super-batch.
+    pub tally: Acc,
 }
 
 /// What the extract stage keeps of each super-batch for an export
@@ -101,10 +106,18 @@ pub struct SelectionStats {
     /// learner's and the reference model's forward passes (snapshot waits excluded).
     #[serde(skip_serializing_if = "Option::is_none")]
     pub learner: Option<LearnerStats>,
+    /// The learner-aware policies in a loader run: how the losses the loop reported scored
+    /// super-batches (`select::feedback`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub feedback: Option<FeedbackStats>,
 }
 
-#[derive(Default)]
-pub(crate) struct Acc {
+/// The running figures behind [`SelectionStats`] (the digest of the kept ids included), up
+/// to some super-batch: each [`SubBatch`] carries the tally as of itself, so a checkpoint
+/// taken after training on it records the selection's figures at exactly that point, and a
+/// resumed run continues the tally (and so the `kept_digest`) from there.
+#[derive(Debug, Clone, Default, PartialEq, serde::Serialize, serde::Deserialize)]
+pub struct Acc {
     n: u64,
     spectra: u64,
     solvers: std::collections::BTreeMap<String, u64>,
@@ -114,6 +127,7 @@ pub(crate) struct Acc {
     kept: u64,
     l2: f64,
     l3: f64,
+    #[serde(with = "finite_or_inf")]
     min_gap: f64,
     sel_s: f64,
     fwd_s: f64,
@@ -121,7 +135,8 @@ pub(crate) struct Acc {
 }
 
 impl Acc {
-    pub(crate) fn new() -> Self {
+    /// An empty tally.
+    pub fn new() -> Self {
         Acc {
             min_gap: f64::INFINITY,
             digest: 0xcbf2_9ce4_8422_2325,
@@ -149,7 +164,8 @@ impl Acc {
             }
         }
     }
-    pub(crate) fn finish(&self) -> SelectionStats {
+    /// The figures of the tally.
+    pub fn finish(&self) -> SelectionStats {
         let n = self.n.max(1) as f64;
         let spectra = self.spectra.max(1) as f64;
         SelectionStats {
@@ -177,6 +193,36 @@ impl Acc {
             },
             kept_digest: format!("{:016x}", self.digest),
             learner: None,
+            feedback: None,
         }
+    }
+}
+
+/// `f64` in JSON with the infinities written as strings (JSON has no infinity).
+mod finite_or_inf {
+    use serde::{Deserialize, Deserializer, Serializer};
+
+    pub fn serialize<S: Serializer>(v: &f64, s: S) -> Result<S::Ok, S::Error> {
+        if v.is_finite() {
+            s.serialize_f64(*v)
+        } else if *v > 0.0 {
+            s.serialize_str("inf")
+        } else {
+            s.serialize_str("-inf")
+        }
+    }
+
+    pub fn deserialize<'de, D: Deserializer<'de>>(d: D) -> Result<f64, D::Error> {
+        #[derive(Deserialize)]
+        #[serde(untagged)]
+        enum V {
+            N(f64),
+            S(String),
+        }
+        Ok(match V::deserialize(d)? {
+            V::N(x) => x,
+            V::S(s) if s == "-inf" => f64::NEG_INFINITY,
+            V::S(_) => f64::INFINITY,
+        })
     }
 }

@@ -46,6 +46,44 @@ pub fn decode_resized(
     channels: usize,
     size: Option<Size>,
 ) -> Result<RawImage, String> {
+    decode_limited(bytes, channels, size, super::Limits::default().max_pixels)
+}
+
+/// [`decode_resized`], refusing (before decoding, on the header's dimensions) an image of
+/// more than `max_pixels` pixels (`source.limits.max_pixels`).
+///
+/// ```
+/// // A PNG header claiming 60000 x 60000: refused without allocating 3.6 G pixels.
+/// fn crc32(bytes: &[u8]) -> u32 {
+///     let mut c = !0u32;
+///     for &b in bytes {
+///         c ^= b as u32;
+///         for _ in 0..8 {
+///             c = if c & 1 != 0 { (c >> 1) ^ 0xedb8_8320 } else { c >> 1 };
+///         }
+///     }
+///     !c
+/// }
+/// let mut png = vec![0x89, b'P', b'N', b'G', 0x0d, 0x0a, 0x1a, 0x0a];
+/// let mut chunk = |kind: &[u8], data: &[u8]| {
+///     let body = [kind, data].concat();
+///     png.extend_from_slice(&(data.len() as u32).to_be_bytes());
+///     png.extend_from_slice(&body);
+///     png.extend_from_slice(&crc32(&body).to_be_bytes());
+/// };
+/// let side = 60000u32.to_be_bytes();
+/// chunk(b"IHDR", &[&side[..], &side[..], &[8, 0, 0, 0, 0]].concat());
+/// chunk(b"IDAT", &[]);
+/// chunk(b"IEND", &[]);
+/// let e = saln::source::decode::decode_limited(&png, 1, None, 100_000_000).unwrap_err();
+/// assert!(e.contains("source.limits.max_pixels") && e.contains("60000 x 60000"), "{e}");
+/// ```
+pub fn decode_limited(
+    bytes: &[u8],
+    channels: usize,
+    size: Option<Size>,
+    max_pixels: u64,
+) -> Result<RawImage, String> {
     if bytes.is_empty() {
         return Err("empty file (0 bytes)".into());
     }
@@ -62,8 +100,35 @@ pub fn decode_resized(
         // truncated file is bad input and must be counted, not trained on.
         return Err("truncated JPEG (no end-of-image marker after the last scan)".into());
     }
-    let decoded =
-        std::panic::catch_unwind(|| ImageReader::with_format(Cursor::new(bytes), format).decode());
+    // The header first: its dimensions decide whether the pixels may be allocated at all.
+    let dims = std::panic::catch_unwind(|| {
+        ImageReader::with_format(Cursor::new(bytes), format).into_dimensions()
+    });
+    match dims {
+        Ok(Ok((w, h))) => {
+            super::Limits {
+                max_pixels,
+                ..Default::default()
+            }
+            .check_pixels(w as u64, h as u64)?;
+        }
+        Ok(Err(e)) => return Err(format!("corrupt or truncated {format:?}: {e}")),
+        Err(p) => {
+            return Err(format!(
+                "{format:?} decoder panicked: {}",
+                crate::stage::panic_message(&p)
+            ))
+        }
+    }
+    let decoded = std::panic::catch_unwind(|| {
+        let mut reader = ImageReader::with_format(Cursor::new(bytes), format);
+        // Belt and braces: the decoder's own allocation cap, 8 bytes per allowed pixel
+        // (16-bit RGBA), at least `image`'s default of 512 MiB.
+        let mut limits = image::Limits::default();
+        limits.max_alloc = Some(max_pixels.saturating_mul(8).max(512 << 20));
+        reader.limits(limits);
+        reader.decode()
+    });
     let img = match decoded {
         Ok(Ok(img)) => img,
         Ok(Err(e)) => return Err(format!("corrupt or truncated {format:?}: {e}")),
@@ -273,6 +338,23 @@ mod tests {
                 );
             }
         }
+    }
+
+    #[test]
+    fn huge_headers_are_refused_before_decoding() {
+        // JPEG: SOI, a baseline SOF0 claiming 60000 x 60000 grey, a scan, EOI.
+        let mut jpeg = vec![0xff, 0xd8, 0xff, 0xc0, 0x00, 0x0b, 8];
+        jpeg.extend_from_slice(&60000u16.to_be_bytes());
+        jpeg.extend_from_slice(&60000u16.to_be_bytes());
+        jpeg.extend_from_slice(&[1, 1, 0x11, 0]);
+        jpeg.extend_from_slice(&[0xff, 0xda, 0x00, 0x08, 1, 1, 0, 0, 0x3f, 0, 0xff, 0xd9]);
+        let e = decode_limited(&jpeg, 1, None, 100_000_000).unwrap_err();
+        assert!(e.contains("source.limits.max_pixels"), "{e}");
+        // A small limit refuses an ordinary image, naming the key.
+        let png = png_of(DynamicImage::from(image::GrayImage::new(20, 10)));
+        assert!(decode_limited(&png, 1, None, 200).is_ok());
+        let e = decode_limited(&png, 1, None, 199).unwrap_err();
+        assert!(e.contains("20 x 10 = 200 pixels"), "{e}");
     }
 
     #[test]

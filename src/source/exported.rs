@@ -89,8 +89,22 @@ fn bad(path: &Path, message: impl Into<String>) -> Error {
     }
 }
 
-/// Every row of one export file.
+/// Every row of one export file. The Parquet reader runs under `catch_unwind`: a reader
+/// that panics on a damaged file becomes an error naming it.
 pub fn read_file(path: &Path, features: bool) -> Result<Vec<ExportRow>> {
+    match std::panic::catch_unwind(|| read_file_unguarded(path, features)) {
+        Ok(r) => r,
+        Err(p) => Err(bad(
+            path,
+            format!(
+                "the Parquet reader panicked (damaged file?): {}",
+                crate::stage::panic_message(&p)
+            ),
+        )),
+    }
+}
+
+fn read_file_unguarded(path: &Path, features: bool) -> Result<Vec<ExportRow>> {
     let file = File::open(path).map_err(|e| Error::io(path, e))?;
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| bad(path, format!("not a readable Parquet file: {e}")))?;

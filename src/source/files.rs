@@ -17,15 +17,24 @@ pub struct FileSource {
     entries: Vec<(PathBuf, i64)>,
     classes: usize,
     channels: usize,
+    max_pixels: u64,
 }
 
 impl FileSource {
+    /// Refuses images whose header claims more than `max_pixels` pixels
+    /// (`source.limits.max_pixels`; the default applies otherwise).
+    pub fn with_max_pixels(mut self, max_pixels: u64) -> Self {
+        self.max_pixels = max_pixels;
+        self
+    }
+
     /// A source over `entries` (path, label in `0..classes`), decoded to `channels` (1 or 3).
     pub fn new(entries: Vec<(PathBuf, i64)>, classes: usize, channels: usize) -> Self {
         FileSource {
             entries,
             classes,
             channels,
+            max_pixels: super::Limits::default().max_pixels,
         }
     }
 
@@ -40,6 +49,7 @@ impl FileSource {
             entries: positions.iter().map(|&i| self.entries[i].clone()).collect(),
             classes: self.classes,
             channels: self.channels,
+            max_pixels: self.max_pixels,
         }
     }
 }
@@ -84,7 +94,8 @@ impl FileSource {
             message,
         };
         let bytes = std::fs::read(path).map_err(|e| sample_err(format!("cannot read: {e}")))?;
-        let image = decode::decode_resized(&bytes, self.channels, size).map_err(sample_err)?;
+        let image = decode::decode_limited(&bytes, self.channels, size, self.max_pixels)
+            .map_err(sample_err)?;
         Ok(Sample {
             id: index as u64,
             label: *label,

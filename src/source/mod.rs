@@ -184,15 +184,27 @@ fn open_format(cfg: &SourceConfig) -> Result<DataSet> {
         (Arc::new(train), Arc::new(test))
     } else if let Some(c) = &cfg.image_folder {
         let (train, test) = folder::open_pair(c, channels.unwrap_or(3))?;
-        (Arc::new(train), Arc::new(test))
+        let px = cfg.limits.max_pixels;
+        (
+            Arc::new(train.with_max_pixels(px)),
+            Arc::new(test.with_max_pixels(px)),
+        )
     } else if let Some(c) = &cfg.list {
         let (train, test) = list::open_pair(c, channels.unwrap_or(3))?;
-        (Arc::new(train), Arc::new(test))
+        let px = cfg.limits.max_pixels;
+        (
+            Arc::new(train.with_max_pixels(px)),
+            Arc::new(test.with_max_pixels(px)),
+        )
     } else if let Some(c) = &cfg.parquet {
         let (train, test) = parquet::open_pair(c, channels.unwrap_or(3))?;
-        (Arc::new(train), Arc::new(test))
+        let px = cfg.limits.max_pixels;
+        (
+            Arc::new(train.with_max_pixels(px)),
+            Arc::new(test.with_max_pixels(px)),
+        )
     } else if let Some(c) = &cfg.stream {
-        let (train, test) = stream::open_pair(c, channels.unwrap_or(3), cfg.on_error)?;
+        let (train, test) = stream::open_pair(c, channels.unwrap_or(3), cfg.on_error, &cfg.limits)?;
         (Arc::new(train), Arc::new(test))
     } else {
         // validate() above rejects a config without a block; kept as an error, not a panic.
@@ -202,9 +214,12 @@ fn open_format(cfg: &SourceConfig) -> Result<DataSet> {
                 key: "source".into(),
                 message: "no data set given".into(),
                 line: None,
+                column: None,
             }],
         });
     };
+    cfg.limits
+        .check_labels(train.num_classes().max(test.num_classes()), "source")?;
     Ok(match channels {
         Some(c) if train.shape().channels != c => DataSet {
             train: Arc::new(Converted::new(train, c)),
@@ -390,6 +405,119 @@ pub struct SourceConfig {
     /// `skip` drops it, counts it and names the first ones in the report.
     #[serde(default)]
     pub on_error: OnError,
+    /// Hard limits that no input file can get past.
+    #[serde(default)]
+    pub limits: Limits,
+}
+
+/// Hard limits on what untrusted files may make saln allocate. Each is checked before the
+/// allocation it bounds, and the error names its key (`source.limits.max_pixels`, ...).
+#[derive(Debug, Clone, Copy, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Limits {
+    /// Most pixels (width x height) one JPEG or PNG may decode to; checked on the header,
+    /// before any pixel memory is allocated. Default 100,000,000 (10,000 x 10,000).
+    #[serde(default = "d_max_pixels")]
+    pub max_pixels: u64,
+    /// Most classes a data set may have (labels `0..max_labels`): a list or table whose
+    /// labels claim more is refused before any model is built. Default 100,000.
+    #[serde(default = "d_max_labels")]
+    pub max_labels: usize,
+    /// Largest entry of a tar shard, in bytes (for the streaming tar sources; see
+    /// [`Limits::check_tar_entry`]). Default 256 MiB.
+    #[serde(default = "d_max_tar_entry_bytes")]
+    pub max_tar_entry_bytes: u64,
+}
+
+fn d_max_pixels() -> u64 {
+    100_000_000
+}
+fn d_max_labels() -> usize {
+    100_000
+}
+fn d_max_tar_entry_bytes() -> u64 {
+    256 << 20
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_pixels: d_max_pixels(),
+            max_labels: d_max_labels(),
+            max_tar_entry_bytes: d_max_tar_entry_bytes(),
+        }
+    }
+}
+
+impl Limits {
+    /// Adds this section's problems to `v`.
+    pub fn validate(&self, v: &mut Issues) {
+        v.check(self.max_pixels > 0, "source.limits.max_pixels", || {
+            "must be at least 1".into()
+        });
+        v.check(self.max_labels > 0, "source.limits.max_labels", || {
+            "must be at least 1".into()
+        });
+        v.check(
+            self.max_tar_entry_bytes > 0,
+            "source.limits.max_tar_entry_bytes",
+            || "must be at least 1".into(),
+        );
+    }
+
+    /// Refuses an image of `width` x `height` (from its header) over `max_pixels`.
+    ///
+    /// ```
+    /// let l = saln::source::Limits::default();
+    /// assert!(l.check_pixels(10_000, 10_000).is_ok());
+    /// let e = l.check_pixels(60_000, 60_000).unwrap_err();
+    /// assert!(e.contains("source.limits.max_pixels"), "{e}");
+    /// ```
+    pub fn check_pixels(&self, width: u64, height: u64) -> std::result::Result<(), String> {
+        let pixels = width.saturating_mul(height);
+        if pixels > self.max_pixels {
+            return Err(format!(
+                "the image header claims {width} x {height} = {pixels} pixels, over \
+                 `source.limits.max_pixels` ({}); refused before decoding",
+                self.max_pixels
+            ));
+        }
+        Ok(())
+    }
+
+    /// Refuses a data set of `classes` classes over `max_labels` (`origin` names it).
+    pub fn check_labels(&self, classes: usize, origin: &str) -> Result<()> {
+        if classes > self.max_labels {
+            return Err(Error::Data {
+                path: origin.into(),
+                message: format!(
+                    "its labels make {classes} classes, over `source.limits.max_labels` ({})",
+                    self.max_labels
+                ),
+            });
+        }
+        Ok(())
+    }
+
+    /// Refuses a tar entry `name` of `size` bytes (from its header) over
+    /// `max_tar_entry_bytes`, before it is read: for the tar shard sources to call on each
+    /// header.
+    ///
+    /// ```
+    /// let l = saln::source::Limits::default();
+    /// assert!(l.check_tar_entry("a.jpg", 1 << 20).is_ok());
+    /// let e = l.check_tar_entry("a.jpg", 1 << 40).unwrap_err();
+    /// assert!(e.contains("source.limits.max_tar_entry_bytes") && e.contains("a.jpg"), "{e}");
+    /// ```
+    pub fn check_tar_entry(&self, name: &str, size: u64) -> std::result::Result<(), String> {
+        if size > self.max_tar_entry_bytes {
+            return Err(format!(
+                "tar entry `{name}` is {size} bytes, over `source.limits.max_tar_entry_bytes` ({})",
+                self.max_tar_entry_bytes
+            ));
+        }
+        Ok(())
+    }
 }
 
 /// Bad-sample policy.
@@ -410,6 +538,7 @@ pub(crate) fn d_holdout() -> usize {
 impl SourceConfig {
     /// Adds this section's problems to `v`.
     pub fn validate(&self, v: &mut Issues) {
+        self.limits.validate(v);
         let given: Vec<&str> = [
             ("idx", self.idx.is_some()),
             ("cifar10", self.cifar10.is_some()),

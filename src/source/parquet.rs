@@ -411,6 +411,7 @@ pub struct ParquetSource {
     labels: Arc<Vec<Option<i64>>>,
     classes: usize,
     channels: usize,
+    max_pixels: u64,
 }
 
 impl Source for ParquetSource {
@@ -443,6 +444,13 @@ impl Source for ParquetSource {
 }
 
 impl ParquetSource {
+    /// Refuses images whose header claims more than `max_pixels` pixels
+    /// (`source.limits.max_pixels`; the default applies otherwise).
+    pub fn with_max_pixels(mut self, max_pixels: u64) -> Self {
+        self.max_pixels = max_pixels;
+        self
+    }
+
     fn read(&self, index: usize, size: Option<crate::pixel::Size>) -> Result<Sample> {
         let row = *self.rows.get(index).ok_or_else(|| Error::Sample {
             sample: format!("#{index}"),
@@ -462,7 +470,8 @@ impl ParquetSource {
             }
             Stored::Null => return Err(err("null image (neither bytes nor a path)".into())),
         };
-        let image = decode::decode_resized(bytes, self.channels, size).map_err(err)?;
+        let image =
+            decode::decode_limited(bytes, self.channels, size, self.max_pixels).map_err(err)?;
         Ok(Sample {
             id: index as u64,
             label,
@@ -508,7 +517,10 @@ fn class_indices(tables: &[(&Path, &Table)]) -> Result<(usize, Vec<Vec<Option<i6
             }
             out.push(v);
         }
-        return Ok(((max + 1).max(1) as usize, out));
+        return Ok((
+            usize::try_from(max).unwrap_or(usize::MAX).saturating_add(1),
+            out,
+        ));
     }
     let mut names: Vec<&str> = tables[0]
         .1
@@ -568,6 +580,7 @@ pub fn open_pair(cfg: &ParquetConfig, channels: usize) -> Result<(ParquetSource,
             labels,
             classes,
             channels,
+            max_pixels: super::Limits::default().max_pixels,
         };
     match test {
         Some(t) => {

@@ -129,20 +129,26 @@ impl StageSnapshot {
     }
 }
 
-/// How well the stages overlapped.
+/// How well the stages overlapped. Only stages that ran (received or produced something)
+/// appear, and a figure that would be computed from zero time or zero samples is absent
+/// rather than 0: a curation with `policy: uniform` has no feature stage to be the slowest.
 #[derive(Debug, Clone, Serialize, PartialEq, Default)]
 pub struct Overlap {
     /// Samples per second through the whole pipeline (samples the loader delivered / wall
-    /// seconds of the streaming part of the run).
-    pub end_to_end_rate: f64,
-    /// The stage with the lowest standalone rate.
-    pub slowest_stage: String,
+    /// seconds of the streaming part of the run). Absent when nothing was delivered.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub end_to_end_rate: Option<f64>,
+    /// The stage with the lowest standalone rate (absent when no stage was busy).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slowest_stage: Option<String>,
     /// That stage's standalone rate (samples / busy seconds per thread).
-    pub slowest_standalone_rate: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub slowest_standalone_rate: Option<f64>,
     /// `end_to_end_rate / slowest_standalone_rate`: 1.0 means the pipeline runs as fast as
     /// its slowest stage (perfect overlap); with no overlap at all it approaches
     /// `slowest / sum of stages`.
-    pub overlap: f64,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub overlap: Option<f64>,
     /// Each stage's busy seconds per thread as a fraction of the streaming wall time.
     pub utilisation: Vec<(String, f64)>,
 }
@@ -150,42 +156,72 @@ pub struct Overlap {
 impl Overlap {
     /// Computes the figures from the stages' counters and the streaming wall time. Stage
     /// rates are in the loader's samples (what enters the pipeline), so a stage that sees
-    /// only the kept samples is compared on the same scale.
+    /// only the kept samples is compared on the same scale. Stages that did nothing are
+    /// left out.
     pub fn from_stages(stages: &[StageSnapshot], wall_seconds: f64) -> Overlap {
         let Some(first) = stages.first() else {
             return Overlap::default();
         };
         let input = first.samples as f64;
-        let wall = wall_seconds.max(1e-9);
-        let mut slowest = (String::new(), f64::INFINITY);
-        for s in stages {
+        let ran: Vec<&StageSnapshot> = stages.iter().filter(|s| s.ran()).collect();
+        let mut slowest: Option<(String, f64)> = None;
+        for s in &ran {
             let busy = s.busy_seconds / s.threads as f64;
-            if busy > 0.0 {
+            if busy > 0.0 && input > 0.0 {
                 let rate = input / busy;
-                if rate < slowest.1 {
-                    slowest = (s.stage.clone(), rate);
+                if slowest.as_ref().is_none_or(|(_, r)| rate < *r) {
+                    slowest = Some((s.stage.clone(), rate));
                 }
             }
         }
-        let end_to_end = input / wall;
+        let end_to_end = (input > 0.0 && wall_seconds > 0.0).then(|| input / wall_seconds);
         Overlap {
             end_to_end_rate: end_to_end,
-            slowest_standalone_rate: if slowest.1.is_finite() {
-                slowest.1
+            slowest_standalone_rate: slowest.as_ref().map(|s| s.1),
+            overlap: end_to_end.zip(slowest.as_ref()).map(|(e, s)| e / s.1),
+            slowest_stage: slowest.map(|s| s.0),
+            utilisation: if wall_seconds > 0.0 {
+                ran.iter()
+                    .map(|s| {
+                        let busy = s.busy_seconds / s.threads as f64;
+                        (s.stage.clone(), busy / wall_seconds)
+                    })
+                    .collect()
             } else {
-                0.0
+                Vec::new()
             },
-            overlap: if slowest.1.is_finite() {
-                end_to_end / slowest.1
-            } else {
-                0.0
-            },
-            slowest_stage: slowest.0,
-            utilisation: stages
-                .iter()
-                .map(|s| (s.stage.clone(), s.busy_seconds / s.threads as f64 / wall))
-                .collect(),
         }
+    }
+
+    /// The one-line summary the CLI prints: only figures that were measured, for instance
+    /// `1351 samples/s end to end; slowest stage extract alone 1670/s; overlap 0.81`.
+    /// `None` when nothing was measured.
+    ///
+    /// ```
+    /// use saln::pipeline::Overlap;
+    /// assert_eq!(Overlap::default().summary(), None);
+    /// let o = Overlap { end_to_end_rate: Some(900.0), ..Default::default() };
+    /// assert_eq!(o.summary().unwrap(), "900 samples/s end to end");
+    /// ```
+    pub fn summary(&self) -> Option<String> {
+        let mut parts = Vec::new();
+        if let Some(r) = self.end_to_end_rate {
+            parts.push(format!("{r:.0} samples/s end to end"));
+        }
+        if let (Some(s), Some(r)) = (&self.slowest_stage, self.slowest_standalone_rate) {
+            parts.push(format!("slowest stage {s} alone {r:.0}/s"));
+        }
+        if let Some(o) = self.overlap {
+            parts.push(format!("overlap {o:.2}"));
+        }
+        (!parts.is_empty()).then(|| parts.join("; "))
+    }
+}
+
+impl StageSnapshot {
+    /// Whether the stage did anything: received or produced an item, or spent time busy.
+    pub fn ran(&self) -> bool {
+        self.received > 0 || self.items > 0 || self.busy_seconds > 0.0
     }
 }
 
@@ -214,12 +250,29 @@ mod tests {
             snap("train", 250, 10.0, 1),
         ];
         let o = Overlap::from_stages(&stages, 10.0);
-        assert_eq!(o.slowest_stage, "train");
-        assert!((o.slowest_standalone_rate - 100.0).abs() < 1e-9);
-        assert!((o.overlap - 1.0).abs() < 1e-9);
+        assert_eq!(o.slowest_stage.as_deref(), Some("train"));
+        assert!((o.slowest_standalone_rate.unwrap() - 100.0).abs() < 1e-9);
+        assert!((o.overlap.unwrap() - 1.0).abs() < 1e-9);
         // Run one after the other: wall = 2 + 9 + 10.
         let serial = Overlap::from_stages(&stages, 21.0);
-        assert!((serial.overlap - 10.0 / 21.0).abs() < 1e-9);
+        assert!((serial.overlap.unwrap() - 10.0 / 21.0).abs() < 1e-9);
         assert_eq!(serial.utilisation[0], ("loader".to_string(), 2.0 / 21.0));
+    }
+
+    #[test]
+    fn stages_that_did_nothing_and_zero_times_give_no_figures() {
+        let idle = StageSnapshot {
+            items: 0,
+            ..snap("extract", 0, 0.0, 1)
+        };
+        let stages = [snap("loader", 1000, 0.0, 2), idle];
+        let o = Overlap::from_stages(&stages, 0.0);
+        assert_eq!(o.end_to_end_rate, None);
+        assert_eq!(o.slowest_stage, None);
+        assert_eq!(o.overlap, None);
+        assert_eq!(o.summary(), None);
+        let o = Overlap::from_stages(&stages, 2.0);
+        assert_eq!(o.summary().as_deref(), Some("500 samples/s end to end"));
+        assert_eq!(o.utilisation, [("loader".to_string(), 0.0)]);
     }
 }

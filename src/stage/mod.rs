@@ -146,3 +146,39 @@ impl ChannelConfig {
         );
     }
 }
+
+/// A test-only hook for killing a run at a chosen place: with the environment variable
+/// `SALN_TEST_PAUSE_AT=POINT:N`, the `N`-th time (1-based) the run reaches the place named
+/// `POINT`, the calling thread prints `saln-test-paused POINT` on stderr and sleeps until
+/// the process is killed. Without the variable this is one load of a cached `None`.
+///
+/// The points: `train` (before an optimizer step), `eval` (before an epoch's evaluation),
+/// `checkpoint` (a checkpoint half written: its tensors on disk, its state not yet),
+/// `export` (an export file half written: open under its temporary name). The resume tests
+/// (`tests/it/resume.rs`) SIGKILL a paused `saln-pipe run` there, so "killed while writing
+/// a checkpoint" is hit every time instead of by luck.
+pub fn test_pause(point: &str) {
+    use std::sync::{Mutex, OnceLock};
+    static TARGET: OnceLock<Option<(String, u64)>> = OnceLock::new();
+    static SEEN: Mutex<u64> = Mutex::new(0);
+    let target = TARGET.get_or_init(|| {
+        let v = std::env::var("SALN_TEST_PAUSE_AT").ok()?;
+        let (p, n) = v.split_once(':').unwrap_or((v.as_str(), "1"));
+        Some((p.to_string(), n.parse().unwrap_or(1)))
+    });
+    let Some((p, n)) = target else { return };
+    if p != point {
+        return;
+    }
+    let hit = {
+        let mut seen = SEEN.lock().unwrap_or_else(|e| e.into_inner());
+        *seen += 1;
+        *seen == *n
+    };
+    if hit {
+        eprintln!("saln-test-paused {point}");
+        loop {
+            std::thread::sleep(std::time::Duration::from_secs(3600));
+        }
+    }
+}

@@ -316,3 +316,177 @@ fn a_stage_error_is_yielded_once_then_the_loader_ends() {
     );
     assert!(items.last().unwrap().is_err(), "nothing after the error");
 }
+
+// ---- feedback: the losses a loop reports steer the learner-aware policies ----
+
+/// `n` 2x2 grey samples with ids `1000 + i` (the `loss` policy needs no features).
+fn plain_source(n: u64) -> Arc<MemorySource> {
+    let samples = (0..n)
+        .map(|i| Sample {
+            id: 1000 + i,
+            label: (i % 3) as i64,
+            image: RawImage {
+                channels: 1,
+                height: 2,
+                width: 2,
+                data: vec![(i % 251) as u8; 4],
+            },
+        })
+        .collect();
+    Arc::new(MemorySource::new("mem", samples, 3))
+}
+
+/// The loss a test loop reports for sample `id` at `step`: 100 for the "hard" ids (a
+/// multiple of 5), about 1 for the others.
+fn reported_loss(id: u64, step: u64) -> f32 {
+    if id % 5 == 0 {
+        100.0
+    } else {
+        1.0 + ((id * 7 + step) % 13) as f32 * 0.01
+    }
+}
+
+struct FeedbackRun {
+    /// `(step, epoch, ids)` of every batch.
+    batches: Vec<(u64, usize, Vec<u64>)>,
+    report: saln::loader::LoaderReport,
+}
+
+/// A `loss` loader over 200 samples (B = 20, keep 0.5, 4 epochs) whose loop reports
+/// [`reported_loss`] for every batch, with every super-batch exported.
+fn feedback_run(dir: &std::path::Path, workers: usize, depth: usize, slow: bool) -> FeedbackRun {
+    let mut export = ExportConfig::new(dir.join("export"));
+    export.include_rejected = true;
+    let mut b = Loader::builder(plain_source(200))
+        .policy(Policy::Loss)
+        .keep_ratio(0.5)
+        .superbatch_size(20)
+        .epochs(4)
+        .seed(3)
+        .workers(workers)
+        .export(export);
+    b.config_mut().channels.extract_to_train = depth;
+    b.config_mut().channels.loader_to_extract = depth;
+    let mut loader = b.build().unwrap();
+    let mut batches = Vec::new();
+    for item in &mut loader {
+        if let Item::Batch(b) = item.unwrap() {
+            if slow && b.step % 3 == 0 {
+                // A slow step lets the selection stage run ahead as far as it may.
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            let l: Vec<f32> = b.ids.iter().map(|&id| reported_loss(id, b.step)).collect();
+            b.report_loss_values(&l).unwrap();
+            batches.push((b.step, b.epoch, b.ids));
+        }
+    }
+    let report = loader.finish().unwrap();
+    assert!(report.completed);
+    FeedbackRun { batches, report }
+}
+
+#[test]
+fn reported_losses_decide_what_the_loss_policy_keeps() {
+    let tmp = tempfile::tempdir().unwrap();
+    let run = feedback_run(tmp.path(), 2, 2, false);
+    let lag = 4; // selection.snapshot_lag's default
+    let rows = saln::export::read::read(&tmp.path().join("export"), false).unwrap();
+    assert_eq!(rows.len(), 4 * 200);
+    // Each super-batch's scores are the latest loss reported for a batch below
+    // `step - lag` (+inf without one), and the kept samples are the top half by score.
+    for (step, _, ids) in &run.batches {
+        let mut sb: Vec<_> = rows.iter().filter(|r| r.step == *step).collect();
+        sb.sort_by_key(|r| r.position);
+        let mut want_scores = Vec::new();
+        for r in &sb {
+            let seen = run
+                .batches
+                .iter()
+                .filter(|(s, _, kept)| *s + lag < *step && kept.contains(&r.sample_id))
+                .map(|(s, _, _)| reported_loss(r.sample_id, *s))
+                .next_back();
+            want_scores.push(seen.unwrap_or(f32::INFINITY));
+        }
+        let got: Vec<f32> = sb.iter().map(|r| r.score).collect();
+        assert_eq!(got, want_scores, "scores of step {step}");
+        let as_f64: Vec<f64> = want_scores.iter().map(|&s| s as f64).collect();
+        let kept: Vec<u64> = saln::select::baselines::top_b(&as_f64, 10)
+            .into_iter()
+            .map(|p| sb[p].sample_id)
+            .collect();
+        assert_eq!(&kept, ids, "kept at step {step}");
+    }
+    // So: every sample is trained on once before any twice, then the hard ones are kept.
+    let last: Vec<u64> = run
+        .batches
+        .iter()
+        .filter(|b| b.1 == 3)
+        .flat_map(|b| b.2.iter().copied())
+        .collect();
+    let hard = last.iter().filter(|&&id| id % 5 == 0).count();
+    assert_eq!(hard, 40, "all 40 hard samples are kept in the last epoch");
+    let f = run.report.selection.feedback.as_ref().unwrap();
+    assert_eq!(f.lag, 4);
+    assert_eq!(f.samples_with_loss + f.samples_without_loss, 800);
+    assert!(f.samples_with_loss > 0 && f.max_loss_age > lag);
+}
+
+#[test]
+fn the_feedback_selection_does_not_depend_on_timing_or_threads() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = feedback_run(&tmp.path().join("a"), 1, 1, false);
+    let b = feedback_run(&tmp.path().join("b"), 3, 6, true);
+    assert_eq!(a.batches, b.batches);
+    assert_eq!(
+        a.report.selection.kept_digest,
+        b.report.selection.kept_digest
+    );
+}
+
+#[test]
+fn a_loop_that_reports_nothing_still_ends_and_a_late_report_is_refused() {
+    let mut b = Loader::builder(plain_source(60))
+        .policy(Policy::Loss)
+        .keep_ratio(0.25)
+        .superbatch_size(20)
+        .epochs(2);
+    b.config_mut().selection.snapshot_lag = 0;
+    let mut loader = b.build().unwrap();
+    let first = loader.find_map(|i| i.unwrap().batch()).unwrap();
+    let second = loader.find_map(|i| i.unwrap().batch()).unwrap();
+    // Asking for batch 1 settled batch 0 without losses: its report is refused now.
+    let e = first
+        .report_loss_values(&vec![1.0; first.len()])
+        .unwrap_err();
+    assert!(e.to_string().contains("batch 0 came after"), "{e}");
+    second.report_loss_values(&vec![1.0; second.len()]).unwrap();
+    let e = second
+        .report_loss_values(&vec![1.0; second.len()])
+        .unwrap_err();
+    assert!(e.to_string().contains("already reported"), "{e}");
+    // Nothing else is reported; the loader still delivers both epochs.
+    let rest = loader.by_ref().filter_map(|i| i.unwrap().batch()).count();
+    assert_eq!(rest, 6 - 2);
+    assert!(loader.finish().unwrap().completed);
+}
+
+#[test]
+fn rho_loss_in_a_loader_subtracts_the_reference_models_loss() {
+    let tmp = tempfile::tempdir().unwrap();
+    let mut cfg = config(tmp.path());
+    cfg.selection.policy = Policy::RhoLoss;
+    cfg.selection.keep_ratio = 0.5;
+    let mut loader = Loader::from_config(&cfg).unwrap();
+    let mut finite = 0;
+    for item in &mut loader {
+        if let Item::Batch(b) = item.unwrap() {
+            // Reducible loss = reported - reference: below the reported 50 once known.
+            finite += b.scores.iter().filter(|s| s.is_finite()).count();
+            assert!(b.scores.iter().all(|&s| s == f32::INFINITY || s < 50.0));
+            b.report_loss_values(&vec![50.0; b.len()]).unwrap();
+        }
+    }
+    let report = loader.finish().unwrap();
+    assert!(finite > 0, "the second epoch scores reported losses");
+    assert!(report.selection.feedback.unwrap().samples_with_loss as usize >= finite);
+}

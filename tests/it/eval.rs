@@ -281,3 +281,32 @@ fn tiny_grid_writes_a_table_and_plots_that_match_the_run_reports() {
         text(&o)
     );
 }
+
+/// The grids committed under `docs/results/` resume with nothing to do: pointed at its
+/// folder, each eval file finds a completed report of the same configuration for every run
+/// (the reports were written under `target/saln/...` and before `superbatch.shard` existed;
+/// `saln::eval::existing` documents why both still match). Run `saln-pipe eval` on such a
+/// grid and it only rewrites the table.
+#[test]
+fn the_committed_grids_resume_with_zero_runs_to_do() {
+    let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+    for (yaml, folder, total) in [
+        (
+            "pipelines/eval-fashion-mnist.yaml",
+            "docs/results/fashion-mnist",
+            75,
+        ),
+        (
+            "pipelines/eval-fashion-mnist-uniform-8-epochs.yaml",
+            "docs/results/fashion-mnist-uniform-8-epochs",
+            9,
+        ),
+    ] {
+        let mut cfg = saln::eval::EvalConfig::load(&root.join(yaml)).unwrap();
+        cfg.grid.output = root.join(folder);
+        assert_eq!(cfg.runs().len(), total, "{yaml}");
+        let pending = saln::eval::pending(&cfg).unwrap_or_else(|e| panic!("{yaml}: {e}"));
+        let names: Vec<&str> = pending.iter().map(|r| r.name.as_str()).collect();
+        assert!(names.is_empty(), "{yaml}: runs to do: {names:?}");
+    }
+}

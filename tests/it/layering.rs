@@ -19,7 +19,7 @@ const LAYERS: &[(&str, &[&str])] = &[
     ("device", &["error"]),
     ("pixel", &["error"]),
     ("stage", &["error"]),
-    ("model", &["error"]),
+    ("model", &["error", "io"]),
     // The stages, in the order data flows; each may use the kit and the stages before it.
     ("source", &["error", "rng", "io", "pixel", "stage"]),
     ("augment", &["error", "rng", "pixel", "source"]),
@@ -51,8 +51,8 @@ const LAYERS: &[(&str, &[&str])] = &[
     (
         "config",
         &[
-            "error", "device", "stage", "source", "augment", "batch", "select", "extract", "train",
-            "export",
+            "error", "device", "stage", "model", "source", "augment", "batch", "select", "extract",
+            "train", "export",
         ],
     ),
     (

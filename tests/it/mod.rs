@@ -1,9 +1,13 @@
 pub mod baselines;
+pub mod build;
 pub mod cli;
 pub mod common;
 pub mod docs;
 pub mod eval;
 pub mod layering;
+pub mod learners;
 pub mod pipeline;
+pub mod resume;
+pub mod signals;
 pub mod stream;
 pub mod within;

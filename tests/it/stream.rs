@@ -12,7 +12,7 @@ use saln::config::PipelineConfig;
 use saln::pipeline::{Cancel, Msg, StageStats};
 use saln::source::decode::encode;
 use saln::source::stream::{self, webdataset, StreamConfig, StreamFormat, StreamPosition};
-use saln::source::{OnError, RawImage, Source};
+use saln::source::{Limits, OnError, RawImage, Source};
 
 /// Shards x samples per shard of the test data.
 const SHARDS: usize = 6;
@@ -78,6 +78,8 @@ fn plan(n: usize, workers: usize, shard: Shard) -> LoaderPlan {
         prefetch: 3,
         on_error: OnError::Skip,
         shard,
+        start: 0,
+        carried: LoaderSummary::default(),
     }
 }
 
@@ -146,7 +148,7 @@ fn tar_shards_are_read_with_their_labels_and_ids_whatever_the_worker_count() {
     );
     let glob = format!("{}/shard-*.tar.gz", t.path().join("shards").display());
     let c = cfg(vec![spec, glob], strings(&shards[..1]));
-    let (train, test) = stream::open_pair(&c, 1, OnError::Fail).unwrap();
+    let (train, test) = stream::open_pair(&c, 1, OnError::Fail, &Limits::default()).unwrap();
     assert_eq!(train.len(), SHARDS * PER);
     assert_eq!((train.num_classes(), test.len()), (3, PER));
     assert_eq!(test.get(3).unwrap().label, label_of(0, 3));
@@ -170,6 +172,25 @@ fn tar_shards_are_read_with_their_labels_and_ids_whatever_the_worker_count() {
         let (many, _) = load(train.clone(), plan(SHARDS * PER, workers, Shard::default())).unwrap();
         assert_eq!(one, many, "{workers} workers");
     }
+    // Resumed at super-batch k (what a checkpoint records), in either epoch: the rest of the
+    // run comes out the same (the stream is read again up to k, not decoded).
+    for k in [5, 23] {
+        let mut p = plan(SHARDS * PER, 2, Shard::default());
+        p.start = k;
+        let (rest, summary) = load(train.clone(), p).unwrap();
+        // Everything but the loader's running figures (`loaded`), which start at the
+        // resumed position.
+        let key = |v: &[SuperBatch]| -> Vec<SuperBatch> {
+            v.iter()
+                .map(|s| SuperBatch {
+                    loaded: LoaderSummary::default(),
+                    ..s.clone()
+                })
+                .collect()
+        };
+        assert_eq!(key(&rest), key(&one[k as usize..]), "resumed at {k}");
+        assert_eq!(summary.superbatches, one.len() as u64 - k);
+    }
 }
 
 #[test]
@@ -177,7 +198,11 @@ fn ranks_read_disjoint_shards_and_make_the_same_number_of_superbatches() {
     let t = tempfile::tempdir().unwrap();
     let shards = write_shards(&t.path().join("shards"));
     let c = cfg(strings(&shards), strings(&shards[..1]));
-    let train: Arc<dyn Source> = Arc::new(stream::open_pair(&c, 1, OnError::Fail).unwrap().0);
+    let train: Arc<dyn Source> = Arc::new(
+        stream::open_pair(&c, 1, OnError::Fail, &Limits::default())
+            .unwrap()
+            .0,
+    );
     for world_size in [2, 3, 4] {
         let mut seen = Vec::new();
         let mut counts = Vec::new();
@@ -229,7 +254,7 @@ fn a_reader_resumes_from_a_position() {
     let t = tempfile::tempdir().unwrap();
     let shards = write_shards(&t.path().join("shards"));
     let c = cfg(strings(&shards), strings(&shards[..1]));
-    let (train, _) = stream::open_pair(&c, 1, OnError::Fail).unwrap();
+    let (train, _) = stream::open_pair(&c, 1, OnError::Fail, &Limits::default()).unwrap();
     let take = 100;
     let start = StreamPosition {
         epoch: 1,
@@ -303,7 +328,7 @@ fn damaged_shards_and_unreachable_urls_follow_on_error() {
         );
         c.storage.retries = 0;
         c.storage.timeout_s = 2.0;
-        stream::open_pair(&c, 1, on_error)
+        stream::open_pair(&c, 1, on_error, &Limits::default())
     };
     // on_error: fail — opening names the shard and what is wrong.
     for (shard, what) in [
@@ -385,7 +410,7 @@ fn parquet_shards_stream_row_groups_and_resolve_image_paths() {
     }
     let mut c = StreamConfig::new(StreamFormat::Parquet, names.clone(), names[..1].to_vec());
     c.shuffle_buffer = 10;
-    let (train, test) = stream::open_pair(&c, 1, OnError::Fail).unwrap();
+    let (train, test) = stream::open_pair(&c, 1, OnError::Fail, &Limits::default()).unwrap();
     assert_eq!(
         (train.len(), test.len(), train.num_classes()),
         (3 * PER, PER, 3)
@@ -419,26 +444,25 @@ fn venv_python() -> PathBuf {
 }
 
 /// `Some(python)` when the venv has `module`; otherwise prints why the test does not run.
-fn python_with(module: &str) -> Option<PathBuf> {
+/// The venv's Python, which must have `module` (`scripts/setup.sh stream` installs it, and
+/// `make test` runs setup first): a missing module fails the test rather than skipping it.
+fn python_with(module: &str) -> PathBuf {
     let py = venv_python();
     let ok = std::process::Command::new(&py)
         .args(["-c", &format!("import {module}")])
         .output()
         .is_ok_and(|o| o.status.success());
-    if !ok {
-        eprintln!(
-            "SKIPPED: {} has no `{module}`: run `scripts/setup.sh stream` (make test does)",
-            py.display()
-        );
-    }
-    ok.then_some(py)
+    assert!(
+        ok,
+        "{} has no `{module}`: run `scripts/setup.sh stream` (make test does)",
+        py.display()
+    );
+    py
 }
 
 #[test]
 fn shards_written_by_pythons_webdataset_are_read() {
-    let Some(py) = python_with("webdataset") else {
-        return;
-    };
+    let py = python_with("webdataset");
     let t = tempfile::tempdir().unwrap();
     let img = t.path().join("img.png");
     std::fs::write(&img, png(42)).unwrap();
@@ -470,7 +494,7 @@ with wds.TarWriter({shard:?}) as w:
         vec![shard.display().to_string()],
         vec![shard.display().to_string()],
     );
-    let (train, test) = stream::open_pair(&c, 1, OnError::Fail).unwrap();
+    let (train, test) = stream::open_pair(&c, 1, OnError::Fail, &Limits::default()).unwrap();
     assert_eq!((train.len(), train.num_classes()), (10, 4));
     for i in 0..10 {
         let s = test.get(i).unwrap();
@@ -514,14 +538,18 @@ fn start_moto(py: &Path) -> Moto {
         .stderr(std::process::Stdio::null())
         .spawn()
         .unwrap();
-    let endpoint = format!("http://127.0.0.1:{port}");
+    // Held by the guard from here on: killed and waited for on every path, a panic included.
+    let moto = Moto {
+        child,
+        endpoint: format!("http://127.0.0.1:{port}"),
+    };
     for _ in 0..200 {
         if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
-            return Moto { child, endpoint };
+            return moto;
         }
         std::thread::sleep(std::time::Duration::from_millis(50));
     }
-    panic!("moto did not start on {endpoint}");
+    panic!("moto did not start on {}", moto.endpoint);
 }
 
 /// Uploads `files` to `s3://bucket/prefix/<name>` on the server at `endpoint`.
@@ -558,7 +586,7 @@ fn curate_yaml(dir: &Path, stream: &str) -> PipelineConfig {
          superbatch: {{ size: 16, prefetch: 2 }}\n\
          selection: {{ policy: uniform, keep_ratio: 0.5 }}\n\
          trainer: {{ epochs: 2, arch: {{ conv1: 4, conv2: 8, hidden: 16 }} }}\n\
-         export: {{ dir: '{e}' }}\n\
+         export: {{ dir: '{e}', include_rejected: true }}\n\
          report: {{ path: '{r}', progress_seconds: 0 }}\n",
         e = dir.join("export").display(),
         r = dir.join("report.json").display(),
@@ -577,9 +605,7 @@ fn exported(dir: &Path) -> Vec<(u64, bool, String)> {
 
 #[test]
 fn s3_shards_on_a_local_server_select_what_the_same_local_shards_do() {
-    let Some(py) = python_with("moto.server") else {
-        return;
-    };
+    let py = python_with("moto.server");
     let t = tempfile::tempdir().unwrap();
     let shards = write_shards(&t.path().join("shards"));
     let moto = start_moto(&py);
@@ -650,7 +676,7 @@ fn s3_shards_on_a_local_server_select_what_the_same_local_shards_do() {
     c.storage
         .options
         .insert("aws_secret_access_key".into(), "test".into());
-    let e = stream::open_pair(&c, 1, OnError::Fail)
+    let e = stream::open_pair(&c, 1, OnError::Fail, &Limits::default())
         .err()
         .unwrap()
         .to_string();

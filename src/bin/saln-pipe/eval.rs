@@ -49,18 +49,6 @@ pub fn validate(path: &Path) -> ExitCode {
     }
 }
 
-/// Cancels `cancel` on Ctrl-C or SIGTERM (a background thread with its own runtime).
-fn cancel_on_signal(cancel: Cancel) {
-    std::thread::spawn(move || {
-        if let Ok(rt) = tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            rt.block_on(crate::stop_on_signal(cancel));
-        }
-    });
-}
-
 fn print_event(e: &EvalEvent) {
     let mut err = std::io::stderr().lock();
     let _ = match e {
@@ -112,13 +100,12 @@ fn print_event(e: &EvalEvent) {
 }
 
 /// `saln-pipe eval FILE`.
-pub fn eval(path: &Path) -> ExitCode {
+/// `cancel` is set by Ctrl-C or SIGTERM (`signals`): the grid stops after the current run.
+pub fn eval(path: &Path, cancel: Cancel) -> ExitCode {
     let cfg = match load(path) {
         Ok(c) => c,
         Err(code) => return code,
     };
-    let cancel = Cancel::default();
-    cancel_on_signal(cancel.clone());
     eprintln!(
         "saln eval: {} runs into {}",
         cfg.runs().len(),

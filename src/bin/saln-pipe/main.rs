@@ -3,126 +3,28 @@
 //! Exit codes: 0 success; 1 the run failed (a stage error, named in the message);
 //! 2 the configuration or the command line is invalid; 130 cancelled by Ctrl-C or SIGTERM
 //! (the report of what completed is still written).
-use std::path::PathBuf;
 use std::process::ExitCode;
 use std::sync::Arc;
 
 use anyhow::Context;
-use clap::{Parser, Subcommand};
+use clap::Parser;
 use saln::config::PipelineConfig;
 use saln::pipeline::{self, Cancel};
 use saln::report::{Report, Status};
 
+mod bench;
+mod cli;
 mod eval;
 mod progress;
 
-mod bench;
+use cli::{BenchWhat, Cli, Command};
+mod signals;
 
 // The decode workers allocate and free image-sized buffers (0.5 MB each) at a high rate;
 // glibc's malloc hands such blocks back to the kernel and faults them in again, which cost
 // a third of the loader's CPU time in measurements. mimalloc keeps them.
 #[global_allocator]
 static ALLOC: mimalloc::MiMalloc = mimalloc::MiMalloc;
-
-#[derive(Parser)]
-#[command(
-    name = "saln-pipe",
-    version,
-    about = "Spectral joint batch selection (SALN): curate super-batches, train on the informative part"
-)]
-struct Cli {
-    #[command(subcommand)]
-    command: Command,
-}
-
-#[derive(Subcommand)]
-enum Command {
-    /// Run a pipeline: load, augment, extract features, select, train, evaluate, report.
-    /// A pipeline with a `loader_only:` block runs the input side alone and reports images/s.
-    Run {
-        /// The pipeline YAML.
-        config: PathBuf,
-        /// Override the config's seed.
-        #[arg(long)]
-        seed: Option<u64>,
-        /// Override the report path.
-        #[arg(long)]
-        report: Option<PathBuf>,
-    },
-    /// Train the reference (feature) model on the held-out split and save its weights.
-    Pretrain {
-        /// The pipeline YAML (its `extractor` section says where the weights go).
-        config: PathBuf,
-        /// Retrain even if the weights file exists.
-        #[arg(long)]
-        force: bool,
-    },
-    /// Curate without training: select from every super-batch and write the selection as
-    /// Parquet (the config's `export` section; see docs/parquet-schema.md).
-    Curate {
-        /// The pipeline YAML.
-        config: PathBuf,
-        /// Write the Parquet files to this folder (overrides or adds `export.dir`).
-        #[arg(long)]
-        out: Option<PathBuf>,
-        /// Replace an earlier export in the folder.
-        #[arg(long)]
-        overwrite: bool,
-        /// Override the report path.
-        #[arg(long)]
-        report: Option<PathBuf>,
-    },
-    /// Check a pipeline YAML (or an eval YAML) and report every problem.
-    Validate {
-        /// The pipeline YAML.
-        config: PathBuf,
-    },
-    /// Run an evaluation grid (policies x keep ratios x seeds) and write its table and plots
-    /// (docs/evaluation.md). Runs whose report exists are not run again.
-    Eval {
-        /// The eval YAML: a `pipeline:` and a `grid:`.
-        config: PathBuf,
-    },
-    /// Draw one super-batch: its images with the kept ones framed, and its samples on the
-    /// 2nd and 3rd Laplacian eigenvectors coloured by label.
-    Viz {
-        /// The pipeline YAML.
-        config: PathBuf,
-        /// Global index of the super-batch (0-based, counted across epochs).
-        #[arg(long, default_value_t = 0)]
-        superbatch: u64,
-        /// Folder for the two PNGs.
-        #[arg(long, default_value = "target/saln/viz")]
-        out: PathBuf,
-    },
-    /// Convert the data set of a pipeline (image folder, list, CIFAR-10, IDX, Parquet) into
-    /// WebDataset or Parquet shards, for the streaming source (docs/streaming.md). Writes
-    /// `train-NNNNNN.*` and `test-NNNNNN.*` into OUT and prints the `source.stream` block.
-    Shard {
-        /// The pipeline YAML whose `source` to convert.
-        config: PathBuf,
-        /// Folder for the shards.
-        #[arg(long)]
-        out: PathBuf,
-        /// `webdataset` (tar) or `parquet`.
-        #[arg(long, default_value = "webdataset")]
-        format: String,
-        /// Samples per shard.
-        #[arg(long, default_value_t = 10_000)]
-        per_shard: usize,
-    },
-    /// Measure a stage on synthetic input and print a table.
-    Bench {
-        #[command(subcommand)]
-        what: BenchWhat,
-    },
-}
-
-#[derive(Subcommand)]
-enum BenchWhat {
-    /// Dense vs iterative Fiedler solver: time, speed-up and agreement per B and d.
-    Selection(bench::SelectionArgs),
-}
 
 fn load(path: &std::path::Path) -> Result<PipelineConfig, ExitCode> {
     PipelineConfig::load(path).map_err(|e| {
@@ -142,46 +44,9 @@ fn fail(e: &saln::Error) -> ExitCode {
     }
 }
 
-/// The async runtime of the signal handler and the pipeline's driver: one worker thread
-/// (the stages run on their own threads).
-fn runtime() -> Result<tokio::runtime::Runtime, ExitCode> {
-    tokio::runtime::Builder::new_multi_thread()
-        .worker_threads(1)
-        .enable_all()
-        .build()
-        .map_err(|e| {
-            eprintln!("error: cannot start the runtime: {e}");
-            ExitCode::from(1)
-        })
-}
-
-/// Waits for Ctrl-C or SIGTERM, then cancels the run (it stops after the current super-batch).
-async fn stop_on_signal(cancel: Cancel) {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{signal, SignalKind};
-        let mut term = signal(SignalKind::terminate()).ok();
-        let term = async {
-            match term.as_mut() {
-                Some(t) => {
-                    t.recv().await;
-                }
-                None => std::future::pending::<()>().await,
-            }
-        };
-        tokio::select! {
-            _ = tokio::signal::ctrl_c() => {}
-            _ = term => {}
-        }
-    }
-    #[cfg(not(unix))]
-    let _ = tokio::signal::ctrl_c().await;
-    eprintln!("saln: stopping after the current super-batch (signal received)");
-    cancel.cancel();
-}
-
-async fn run(cfg: PipelineConfig, job: Job) -> anyhow::Result<ExitCode> {
-    let cancel = Cancel::default();
+/// Runs `job` on a blocking thread, stopped by `cancel` (a signal, see `signals`); a signal
+/// that came before the job started still gives a report, with `status: cancelled`.
+async fn run(cfg: PipelineConfig, job: Job, cancel: Cancel) -> anyhow::Result<ExitCode> {
     let display = Arc::new(progress::Display::new());
     let observer: pipeline::Observer = {
         let display = display.clone();
@@ -191,9 +56,7 @@ async fn run(cfg: PipelineConfig, job: Job) -> anyhow::Result<ExitCode> {
         let (cfg, cancel) = (cfg.clone(), cancel.clone());
         tokio::task::spawn_blocking(move || job(&cfg, cancel, Some(observer)))
     };
-    let signals = tokio::spawn(stop_on_signal(cancel.clone()));
     let result = job.await.context("pipeline thread")?;
-    signals.abort();
     display.finish();
     let report_path = cfg.report.path.display().to_string();
     match result {
@@ -211,19 +74,14 @@ async fn run(cfg: PipelineConfig, job: Job) -> anyhow::Result<ExitCode> {
             }
             if let Some(acc) = report.final_test_accuracy {
                 println!(
-                    "final test accuracy {:.2}% ({} of {} images trained on, selection {:.2} ms per super-batch = {:.1}% of the forward pass)",
+                    "final test accuracy {:.2}% ({})",
                     100.0 * acc,
-                    report.selection.samples_kept,
-                    report.selection.samples_in,
-                    report.selection.ms_per_selection,
-                    100.0 * report.selection.selection_over_forward
+                    trained_on(&report)
                 );
             }
-            let o = &report.overlap;
-            eprintln!(
-                "saln: {:.0} samples/s end to end; slowest stage {} alone {:.0}/s; overlap {:.2}",
-                o.end_to_end_rate, o.slowest_stage, o.slowest_standalone_rate, o.overlap
-            );
+            if let Some(line) = report.overlap.summary() {
+                eprintln!("saln: {line}");
+            }
             if let Some(x) = &report.export {
                 println!(
                     "export: {} rows ({} kept, {} rejected) in {} files under {}",
@@ -254,18 +112,34 @@ async fn run(cfg: PipelineConfig, job: Job) -> anyhow::Result<ExitCode> {
     }
 }
 
+/// What the final accuracy line says about the images trained on and the cost of selection:
+/// the selection time is compared with the forward pass only when the policy ran one, and
+/// `policy: none` has no selection figure at all (it keeps every sample).
+fn trained_on(report: &Report) -> String {
+    let s = &report.selection;
+    let images = format!("{} of {} images trained on", s.samples_kept, s.samples_in);
+    let policy = report.config.selection.policy;
+    if policy == saln::select::Policy::None {
+        format!("{images}, policy none: no selection")
+    } else if policy.needs_reference() && s.ms_per_forward > 0.0 {
+        format!(
+            "{images}, selection {:.2} ms per super-batch = {:.1}% of the forward pass",
+            s.ms_per_selection,
+            100.0 * s.selection_over_forward
+        )
+    } else {
+        format!(
+            "{images}, selection {:.2} ms per super-batch",
+            s.ms_per_selection
+        )
+    }
+}
+
 /// `saln-pipe run` on a pipeline with a `loader_only:` block.
-fn run_loader_only(cfg: &PipelineConfig) -> ExitCode {
-    let cancel = Cancel::default();
-    // Ctrl-C / SIGTERM stop the run after the current super-batch; the report still gets
-    // written, with `status: cancelled`.
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    let signals = rt.spawn(stop_on_signal(cancel.clone()));
+/// Ctrl-C / SIGTERM stop the run after the current super-batch; the report still gets
+/// written, with `status: cancelled`.
+fn run_loader_only(cfg: &PipelineConfig, cancel: Cancel) -> ExitCode {
     let result = saln::pipeline::loader_only::run(cfg, cancel);
-    signals.abort();
     match result {
         Ok(r) => {
             println!(
@@ -296,53 +170,73 @@ fn run_loader_only(cfg: &PipelineConfig) -> ExitCode {
 }
 
 fn main() -> ExitCode {
+    // Before anything else, so that a signal at any moment is handled (see `signals`).
+    let signals = match signals::Signals::install() {
+        Ok(s) => s,
+        Err(code) => return code,
+    };
     let cli = Cli::parse();
     match cli.command {
-        Command::Eval { config } => eval::eval(&config),
-        Command::Viz {
-            config,
-            superbatch,
-            out,
-        } => match load(&config) {
-            Ok(cfg) => eval::viz(&cfg, superbatch, &out),
-            Err(code) => code,
-        },
-        Command::Validate { config }
-            if std::fs::read_to_string(&config).is_ok_and(|t| saln::eval::is_eval_yaml(&t)) =>
-        {
-            eval::validate(&config)
-        }
-        Command::Bench {
-            what: BenchWhat::Selection(args),
-        } => match bench::selection(&args) {
-            Ok(()) => ExitCode::SUCCESS,
-            Err(e) => {
-                eprintln!("error: {e:#}");
-                ExitCode::from(1)
-            }
-        },
-        Command::Shard {
-            config,
-            out,
-            format,
-            per_shard,
-        } => match load(&config) {
-            Ok(cfg) => shard(&cfg, &out, &format, per_shard),
-            Err(code) => code,
-        },
-        Command::Validate { config } => validate(&config),
-        Command::Pretrain { config, force } => pretrain(&config, force),
+        Command::Eval { config } => eval::eval(&config, signals.graceful()),
         Command::Run {
             config,
             seed,
             report,
-        } => run_command(&config, seed, report),
+            resume,
+        } => run_command(&config, seed, report, resume, &signals),
         Command::Curate {
             config,
             out,
             overwrite,
             report,
-        } => curate(&config, out, overwrite, report),
+        } => curate(&config, out, overwrite, report, &signals),
+        // The others do not watch the cancel flag: a signal ends them at once, with 130.
+        Command::Viz {
+            config,
+            superbatch,
+            out,
+        } => {
+            signals.abrupt();
+            match load(&config) {
+                Ok(cfg) => eval::viz(&cfg, superbatch, &out),
+                Err(code) => code,
+            }
+        }
+        Command::Validate { config } => {
+            signals.abrupt();
+            match std::fs::read_to_string(&config) {
+                Ok(t) if saln::eval::is_eval_yaml(&t) => eval::validate(&config),
+                _ => validate(&config),
+            }
+        }
+        Command::Bench {
+            what: BenchWhat::Selection(args),
+        } => {
+            signals.abrupt();
+            match bench::selection(&args) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    eprintln!("error: {e:#}");
+                    ExitCode::from(1)
+                }
+            }
+        }
+        Command::Pretrain { config, force } => {
+            signals.abrupt();
+            pretrain(&config, force)
+        }
+        Command::Shard {
+            config,
+            out,
+            format,
+            per_shard,
+        } => {
+            signals.abrupt();
+            match load(&config) {
+                Ok(cfg) => shard(&cfg, &out, &format, per_shard),
+                Err(code) => code,
+            }
+        }
     }
 }
 
@@ -400,24 +294,14 @@ fn shard(cfg: &PipelineConfig, out: &std::path::Path, format: &str, per_shard: u
     ExitCode::SUCCESS
 }
 
-/// `saln-pipe validate FILE`: every problem of a pipeline file and of what it needs.
+/// `saln-pipe validate FILE`: every problem of a pipeline file and of what it needs, in one
+/// run, ordered by line (see `saln::config::check`).
 fn validate(config: &std::path::Path) -> ExitCode {
-    let cfg = match load(config) {
-        Ok(c) => c,
-        Err(code) => return code,
-    };
-    let issues = cfg.check_resources();
-    let mut data_err = None;
-    if let Err(e) = saln::source::open(&cfg.source) {
-        data_err = Some(e);
-    }
-    for i in &issues {
+    let checked = saln::config::check::check_file(config, true);
+    for i in &checked.issues {
         eprintln!("error: {}: {i}", config.display());
     }
-    if let Some(e) = &data_err {
-        eprintln!("error: source: {e}");
-    }
-    if issues.is_empty() && data_err.is_none() {
+    if checked.issues.is_empty() {
         println!("{}: ok", config.display());
         ExitCode::SUCCESS
     } else {
@@ -465,12 +349,14 @@ fn pretrain(config: &std::path::Path, force: bool) -> ExitCode {
     }
 }
 
-/// `saln-pipe run FILE [--seed N] [--report PATH]`: the whole pipeline, or the loader alone
+/// `saln-pipe run FILE [--seed N] [--report PATH] [--resume]`: the whole pipeline, or the loader alone
 /// when the file has a `loader_only:` block.
 fn run_command(
     config: &std::path::Path,
     seed: Option<u64>,
     report: Option<std::path::PathBuf>,
+    resume: bool,
+    signals: &signals::Signals,
 ) -> ExitCode {
     let mut cfg = match load(config) {
         Ok(c) => c,
@@ -482,10 +368,22 @@ fn run_command(
     if let Some(r) = report {
         cfg.report.path = r;
     }
+    cfg.name_checkpoints_after(config);
     if cfg.loader_only.is_some() {
-        return run_loader_only(&cfg);
+        return run_loader_only(&cfg, signals.graceful());
     }
-    block_on(run(cfg, pipeline::run))
+    block_on(
+        signals,
+        run(
+            cfg,
+            if resume {
+                pipeline::resume
+            } else {
+                pipeline::run
+            },
+            signals.graceful(),
+        ),
+    )
 }
 
 /// `saln-pipe curate FILE [--out DIR] [--overwrite] [--report PATH]`.
@@ -494,6 +392,7 @@ fn curate(
     out: Option<std::path::PathBuf>,
     overwrite: bool,
     report: Option<std::path::PathBuf>,
+    signals: &signals::Signals,
 ) -> ExitCode {
     let mut cfg = match load(config) {
         Ok(c) => c,
@@ -518,19 +417,53 @@ fn curate(
         );
         return ExitCode::from(2);
     }
-    block_on(run(cfg, pipeline::curate))
+    block_on(signals, run(cfg, pipeline::curate, signals.graceful()))
 }
 
-fn block_on(job: impl std::future::Future<Output = anyhow::Result<ExitCode>>) -> ExitCode {
-    let rt = match runtime() {
-        Ok(rt) => rt,
-        Err(code) => return code,
-    };
-    match rt.block_on(job) {
+fn block_on(
+    signals: &signals::Signals,
+    job: impl std::future::Future<Output = anyhow::Result<ExitCode>>,
+) -> ExitCode {
+    match signals.rt.block_on(job) {
         Ok(code) => code,
         Err(e) => {
             eprintln!("error: {e:#}");
             ExitCode::from(1)
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn report(policy: &str, ms_selection: f64, ms_forward: f64) -> Report {
+        let yaml = format!("source: {{ idx: {{ dir: /x }} }}\nselection: {{ policy: {policy} }}\n");
+        let cfg = PipelineConfig::from_yaml_str(&yaml, "t").unwrap();
+        let mut r = Report::new(&cfg, "cpu".into());
+        r.selection.samples_in = 400;
+        r.selection.samples_kept = if policy == "none" { 400 } else { 100 };
+        r.selection.ms_per_selection = ms_selection;
+        r.selection.ms_per_forward = ms_forward;
+        r.selection.selection_over_forward = ms_selection / ms_forward.max(1e-9);
+        r
+    }
+
+    #[test]
+    fn the_selection_figure_is_given_only_where_it_means_something() {
+        // Issue 18: `none` printed "selection 0.01 ms per super-batch = 242.6% of the
+        // forward pass".
+        assert_eq!(
+            trained_on(&report("none", 0.01, 0.004)),
+            "400 of 400 images trained on, policy none: no selection"
+        );
+        assert_eq!(
+            trained_on(&report("uniform", 0.02, 0.0)),
+            "100 of 400 images trained on, selection 0.02 ms per super-batch"
+        );
+        assert_eq!(
+            trained_on(&report("saln", 20.0, 100.0)),
+            "100 of 400 images trained on, selection 20.00 ms per super-batch = 20.0% of the forward pass"
+        );
     }
 }

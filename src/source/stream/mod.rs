@@ -41,7 +41,7 @@ use serde::{Deserialize, Serialize};
 use super::{decode, Sample, Source, SourceShape};
 use crate::error::{Error, Issues, Result};
 use crate::pixel::Size;
-use crate::source::OnError;
+use crate::source::{Limits, OnError};
 
 pub mod parquet_stream;
 pub mod shards;
@@ -191,12 +191,13 @@ impl StreamConfig {
         self.storage.validate(v, "source.stream.storage");
     }
 
-    fn layout(&self) -> Layout {
+    fn layout(&self, limits: &Limits) -> Layout {
         match self.format {
             StreamFormat::Webdataset => Layout::Tar(webdataset::TarLayout {
                 image_extensions: lower(&self.image_extensions),
                 label_extensions: lower(&self.label_extensions),
                 json_label: self.json_label.clone(),
+                max_entry_bytes: limits.max_tar_entry_bytes,
             }),
             StreamFormat::Parquet => Layout::Parquet(parquet_stream::ParquetLayout {
                 image_column: self.image_column.clone(),
@@ -259,6 +260,8 @@ pub struct StreamPosition {
     /// Epoch (0-based).
     pub epoch: usize,
     /// Position in the rank's shard order of the epoch (0-based) of the shard being read.
+    /// A reader started from a position checks it when it is not 0 (a guard against a
+    /// changed shard list; 0 means "not known").
     pub shard: usize,
     /// Samples of the epoch already taken.
     pub offset: u64,
@@ -371,10 +374,7 @@ fn parse(
 }
 
 /// Counts one shard: `(keys, max label, samples, damage)`.
-fn count_shard(
-    loc: &ShardLoc,
-    layout: &Layout,
-) -> Result<(Option<Keys>, i64, u64, Option<String>)> {
+fn count_shard(loc: &ShardLoc, layout: &Layout) -> Result<Counted> {
     let data = fetch(loc)?;
     let mut keys = Keys::default();
     let (mut n, mut max) = (0u64, -1i64);
@@ -393,10 +393,14 @@ fn count_shard(
     Ok((tar.then_some(keys), max, n, r.err()))
 }
 
+/// What counting a shard finds: its keys (tar shards), largest label, number of samples,
+/// and the damage that ended it early.
+type Counted = (Option<Keys>, i64, u64, Option<String>);
+
 /// Reads the catalog of `shards`: counts every shard, on up to 8 threads.
 fn catalog(shards: Vec<ShardLoc>, layout: &Layout, on_error: OnError) -> Result<Catalog> {
     let threads = shards.len().clamp(1, 8);
-    let results: Vec<Result<(Option<Keys>, i64, u64, Option<String>)>> = {
+    let results: Vec<Result<Counted>> = {
         let chunks: Vec<Vec<(usize, &ShardLoc)>> = (0..threads)
             .map(|t| shards.iter().enumerate().skip(t).step_by(threads).collect())
             .collect();
@@ -462,6 +466,7 @@ struct Inner {
     cat: Catalog,
     layout: Layout,
     channels: usize,
+    max_pixels: u64,
     classes: usize,
     shuffle_buffer: usize,
     prefetch: usize,
@@ -487,8 +492,9 @@ pub fn open_pair(
     cfg: &StreamConfig,
     channels: usize,
     on_error: OnError,
+    limits: &Limits,
 ) -> Result<(StreamSource, EncodedSource)> {
-    let layout = cfg.layout();
+    let layout = cfg.layout(limits);
     let train = shards::expand(&cfg.train.specs(), &cfg.storage, "source.stream.train")?;
     let test = shards::expand(&cfg.test.specs(), &cfg.storage, "source.stream.test")?;
     let cat = catalog(train, &layout, on_error)?;
@@ -504,14 +510,16 @@ pub fn open_pair(
             ),
         ));
     }
-    let test = EncodedSource::read(test, &layout, channels, on_error)?;
+    let test = EncodedSource::read(test, &layout, channels, on_error, limits.max_pixels)?;
     let classes = (cat.max_label.max(test.max_label) + 1).max(1) as usize;
+    limits.check_labels(classes, &cat.shards[0].name())?;
     let test = EncodedSource { classes, ..test };
     let train = StreamSource {
         inner: Arc::new(Inner {
             cat,
             layout,
             channels,
+            max_pixels: limits.max_pixels,
             classes,
             shuffle_buffer: cfg.shuffle_buffer,
             prefetch: cfg.prefetch,
@@ -567,7 +575,8 @@ impl StreamSource {
             }
             Payload::Missing(m) => return Err(err(m.clone())),
         };
-        let image = decode::decode_resized(bytes, self.inner.channels, size).map_err(err)?;
+        let image = decode::decode_limited(bytes, self.inner.channels, size, self.inner.max_pixels)
+            .map_err(err)?;
         Ok(Sample {
             id: record.id,
             label,
@@ -674,6 +683,14 @@ impl StreamReader {
                 .name("saln-shard-read".into())
                 .spawn(move || {
                     let cat = &src.inner.cat;
+                    // Exactly `take` records are sent: every sample of the rank's shards
+                    // once, then (a short rank) its first ones again. Records past `take`
+                    // are not sent, so that none of them mixes into the shuffle buffer
+                    // while the epoch's own samples are still in it.
+                    let mut sent = 0u64;
+                    if take == 0 {
+                        return;
+                    }
                     for (pos, shard, data) in fetch_rx {
                         let loc = &cat.shards[shard];
                         let data = match data {
@@ -693,9 +710,10 @@ impl StreamReader {
                             if rec_tx.send((pos, Ok(rec))).is_err() {
                                 gone = true;
                             }
-                            !gone && n < size
+                            sent += 1;
+                            !gone && n < size && sent < take
                         });
-                        if gone {
+                        if gone || sent >= take {
                             return;
                         }
                         if n < size {
@@ -736,7 +754,12 @@ impl StreamReader {
                 None => break,
             }
         }
-        if from.offset > 0 && reader.position != from {
+        // `shard` is checked only when given (a loader resumed from `(epoch, superbatch)`
+        // knows the offset, not the shard).
+        let at = reader.position;
+        if from.offset > 0
+            && (at.offset != from.offset || (from.shard > 0 && at.shard != from.shard))
+        {
             return Err(Error::data(
                 "<stream>",
                 format!(
@@ -791,6 +814,7 @@ impl Iterator for StreamReader {
 pub struct EncodedSource {
     records: Vec<(String, RawRecord)>,
     channels: usize,
+    max_pixels: u64,
     classes: usize,
     max_label: i64,
 }
@@ -802,6 +826,7 @@ impl EncodedSource {
         layout: &Layout,
         channels: usize,
         on_error: OnError,
+        max_pixels: u64,
     ) -> Result<EncodedSource> {
         let mut records = Vec::new();
         let mut max_label = -1i64;
@@ -826,6 +851,7 @@ impl EncodedSource {
         Ok(EncodedSource {
             records,
             channels,
+            max_pixels,
             classes: (max_label + 1).max(1) as usize,
             max_label,
         })
@@ -874,7 +900,8 @@ impl EncodedSource {
             }
             Payload::Missing(m) => return Err(err(m.clone())),
         };
-        let image = decode::decode_resized(&bytes, self.channels, size).map_err(err)?;
+        let image =
+            decode::decode_limited(&bytes, self.channels, size, self.max_pixels).map_err(err)?;
         Ok(Sample {
             id: index as u64,
             label,

@@ -24,7 +24,7 @@ use serde::{Deserialize, Serialize};
 use crate::error::{Error, Issues, Result};
 
 /// How to reach object storage (`source.stream.storage`).
-#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct StorageConfig {
     /// Endpoint of an S3-compatible server (MinIO, moto, R2, ...), e.g.
@@ -50,6 +50,20 @@ pub struct StorageConfig {
     /// environment variables of the same meaning.
     #[serde(default, skip_serializing_if = "std::collections::BTreeMap::is_empty")]
     pub options: std::collections::BTreeMap<String, String>,
+}
+
+impl Default for StorageConfig {
+    /// The defaults of an omitted `storage:` block (the same as its omitted fields).
+    fn default() -> Self {
+        StorageConfig {
+            endpoint: None,
+            region: None,
+            allow_http: None,
+            retries: d_retries(),
+            timeout_s: d_timeout(),
+            options: Default::default(),
+        }
+    }
 }
 
 fn d_retries() -> usize {
@@ -327,6 +341,10 @@ fn open_store(
     cfg: &StorageConfig,
 ) -> std::result::Result<Arc<dyn ObjectStore>, String> {
     use object_store::{BackoffConfig, ClientOptions, RetryConfig};
+    // TLS goes through rustls with ring (`reqwest/rustls-no-provider` in Cargo.toml: the
+    // default provider, aws-lc, needs a C toolchain build that would also rebuild
+    // libtorch's bindings). A provider installed by the embedding program is kept.
+    let _ = rustls::crypto::ring::default_provider().install_default();
     let retry = RetryConfig {
         backoff: BackoffConfig {
             init_backoff: Duration::from_millis(100),

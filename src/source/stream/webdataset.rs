@@ -25,6 +25,9 @@ pub struct TarLayout {
     pub label_extensions: Vec<String>,
     /// Field of a `.json` label object holding the class index.
     pub json_label: String,
+    /// Largest entry read, in bytes (`source.limits.max_tar_entry_bytes`): a header that
+    /// claims more is damage, found before anything is allocated for it.
+    pub max_entry_bytes: u64,
 }
 
 /// True when `head` starts with the gzip magic bytes.
@@ -80,12 +83,8 @@ pub fn for_each_sample(
         let ext = ext.to_ascii_lowercase();
         let wanted =
             layout.image_extensions.contains(&ext) || layout.label_extensions.contains(&ext);
-        let mut data = Vec::new();
-        if wanted {
-            entry
-                .read_to_end(&mut data)
-                .map_err(|e| format!("truncated or corrupt data in `{path}`: {e}"))?;
-        }
+        // A new key closes the group before: it is delivered before this entry is read,
+        // so damage in this entry does not take the complete sample before it along.
         if group.as_ref().is_some_and(|g| g.key != key) {
             let done = group.take().map(|g| g.finish(layout));
             if let Some(r) = done {
@@ -93,6 +92,17 @@ pub fn for_each_sample(
                     return Ok(());
                 }
             }
+        }
+        let mut data = Vec::new();
+        if wanted {
+            let limits = crate::source::Limits {
+                max_tar_entry_bytes: layout.max_entry_bytes,
+                ..Default::default()
+            };
+            limits.check_tar_entry(&path, entry.size())?;
+            entry
+                .read_to_end(&mut data)
+                .map_err(|e| format!("truncated or corrupt data in `{path}`: {e}"))?;
         }
         let g = group.get_or_insert_with(|| Group {
             key,
@@ -204,6 +214,7 @@ mod tests {
             image_extensions: vec!["jpg".into(), "png".into()],
             label_extensions: vec!["cls".into(), "json".into()],
             json_label: "label".into(),
+            max_entry_bytes: 1 << 20,
         }
     }
 
@@ -272,5 +283,24 @@ mod tests {
         let (v, r) = read(&bad);
         assert!(r.unwrap_err().contains("malformed"));
         assert_eq!(v.len(), 0, "the first sample's group was cut by the damage");
+    }
+
+    #[test]
+    fn an_entry_over_the_size_limit_is_damage_found_from_its_header() {
+        let mut buf = Vec::new();
+        let samples = (0..4).map(|i| {
+            let size = if i == 2 { (1 << 20) + 1 } else { 100 };
+            (format!("{i:04}"), "jpg", vec![1u8; size], 0)
+        });
+        write_tar(&mut buf, samples).unwrap();
+        let (v, r) = read(&buf);
+        let e = r.unwrap_err();
+        assert!(
+            e.contains("0002.jpg")
+                && e.contains("1048577 bytes")
+                && e.contains("source.limits.max_tar_entry_bytes"),
+            "{e}"
+        );
+        assert_eq!(v.len(), 2, "the samples before it are delivered");
     }
 }

@@ -29,7 +29,7 @@ pub const ROW_GROUP: usize = 256;
 /// assert_eq!(shards.len(), 3);
 /// let names: Vec<String> = shards.iter().map(|p| p.display().to_string()).collect();
 /// let cfg = StreamConfig::new(StreamFormat::Webdataset, names.clone(), names);
-/// let (train, test) = stream::open_pair(&cfg, 1, OnError::Fail)?;
+/// let (train, test) = stream::open_pair(&cfg, 1, OnError::Fail, &saln::source::Limits::default())?;
 /// assert_eq!((train.len(), train.num_classes()), (5, 2));
 /// assert_eq!(test.get(3)?.label, 1);
 /// assert!(test.locate(3).ends_with("train-000001.tar#000000003"));

@@ -1,4 +1,6 @@
-//! The small CNN used both as the reference (feature) network and as the learner.
+//! Networks: the small CNN used both as the reference (feature) network and as the default
+//! learner (here), the torchvision ResNet builder ([`resnet`]), the learner the train stage
+//! trains ([`learner`]) and its optimizers ([`optim`]).
 //!
 //! `conv(3x3, conv1) -> relu -> maxpool 2 -> conv(3x3, conv2) -> relu -> maxpool 2 -> fc(hidden) -> relu -> fc(classes)`.
 //! Features are the `fc` output *before* its ReLU: a post-ReLU vector can be exactly zero,
@@ -10,6 +12,10 @@ use serde::{Deserialize, Serialize};
 use tch::{nn, Kind, Tensor};
 
 use crate::error::Result;
+
+pub mod learner;
+pub mod optim;
+pub mod resnet;
 
 /// Widths of the CNN.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -149,6 +155,21 @@ pub fn seeded<T>(seed: u64, f: impl FnOnce() -> T) -> T {
     let _guard = LOCK.lock().unwrap_or_else(|p| p.into_inner());
     tch::manual_seed(seed as i64);
     f()
+}
+
+/// Mean cross-entropy of `logits` `[N, K]` against `labels` `[N]` (int64), with label
+/// smoothing `smoothing` (0: none; `torch.nn.functional.cross_entropy`'s `label_smoothing`).
+pub fn smoothed_cross_entropy(logits: &Tensor, labels: &Tensor, smoothing: f64) -> Result<Tensor> {
+    if smoothing == 0.0 {
+        return cross_entropy(logits, labels);
+    }
+    Ok(logits.f_to_kind(Kind::Float)?.f_cross_entropy_loss(
+        labels,
+        None::<Tensor>,
+        tch::Reduction::Mean,
+        -100,
+        smoothing,
+    )?)
 }
 
 /// Mean cross-entropy of `logits` `[N, K]` against `labels` `[N]` (int64).
