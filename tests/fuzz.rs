@@ -466,6 +466,42 @@ fn fuzz_image_decode() {
 }
 
 #[test]
+fn fuzz_tar_shard() {
+    use saln::source::stream::webdataset::{for_each_sample, write_tar, TarLayout};
+    use saln::source::stream::Payload;
+    let layout = TarLayout {
+        image_extensions: vec!["png".into(), "jpg".into()],
+        label_extensions: vec!["cls".into(), "json".into()],
+        json_label: "label".into(),
+        max_entry_bytes: 1 << 16,
+    };
+    let png = |k: usize| {
+        saln::source::decode::encode(&image(1, 4, 3, k), image::ImageFormat::Png).unwrap()
+    };
+    let mut plain = Vec::new();
+    write_tar(
+        &mut plain,
+        (0..3).map(|k| (format!("s/{k:03}"), "png", png(k), k as i64)),
+    )
+    .unwrap();
+    let mut gz = flate2::write::GzEncoder::new(Vec::new(), flate2::Compression::fast());
+    std::io::Write::write_all(&mut gz, &plain).unwrap();
+    let gz = gz.finish().unwrap();
+    fuzz("tar", vec![plain, gz], |bytes| {
+        let mut n = 0;
+        let r = for_each_sample(bytes, &layout, |rec| {
+            n += 1;
+            if let Payload::Bytes(b) = &rec.image {
+                let _ = saln::source::decode::decode_limited(b, 1, None, 1 << 20);
+            }
+            let _ = rec.label;
+            n < 64
+        });
+        r.is_ok()
+    });
+}
+
+#[test]
 fn fuzz_export_read_back() {
     use saln::export::{ExportItem, Exporter};
     let tmp = scratch("export");
