@@ -314,6 +314,15 @@ impl LoaderBuilder {
     /// needs it, prepares the export folder and starts the stages.
     pub fn build(self) -> Result<Loader> {
         let cfg = self.cfg;
+        if self.resume.is_some() && cfg.export.is_some() {
+            // A fresh export folder would hold the resumed part only; the rows before it
+            // would be lost. `saln-pipe run --resume` keeps an export's finished files.
+            return Err(Error::config(
+                "export",
+                "a loader resumed from a state cannot write an export (its folder would hold \
+                 only the resumed part): drop `export`, or curate with `saln-pipe run --resume`",
+            ));
+        }
         let cancel = Cancel::default();
         let losses = Arc::new(LossTable::default());
         let mut launch = Launch::new(&cfg).prepare_export().feedback(losses.clone());

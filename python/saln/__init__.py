@@ -99,6 +99,17 @@ def _config_args(config: Any, overrides: Mapping[str, Any]) -> tuple:
     return path, yaml, _json.dumps(pairs, default=_json_default)
 
 
+def _state_json(state: Mapping | None) -> str | None:
+    """A loader state (``Loader.state_dict()``) as the JSON the extension takes."""
+    if state is None:
+        return None
+    if not isinstance(state, Mapping):
+        raise TypeError(
+            f"state_dict must be a dict from Loader.state_dict(), not {type(state).__name__}"
+        )
+    return _json.dumps(dict(state))
+
+
 def _json_default(v: Any) -> Any:
     if isinstance(v, _os.PathLike):
         return _os.fspath(v)
@@ -198,8 +209,32 @@ class Loader:
     the ``with`` block, or dropping the loader) stops every stage and joins its threads.
     """
 
-    def __init__(self, config: Any = None, /, **overrides: Any) -> None:
-        self._inner = _saln.Loader(*_config_args(config, overrides))
+    def __init__(
+        self, config: Any = None, /, *, state_dict: Mapping | None = None, **overrides: Any
+    ) -> None:
+        self._args = _config_args(config, overrides)
+        self._inner = _saln.Loader(*self._args, _state_json(state_dict))
+
+    # -- checkpointing ----------------------------------------------------------------
+    def state_dict(self) -> dict:
+        """Where the loader stands: ``{"epoch": E, "superbatch": S}``, the super-batch after
+        the last batch taken (the next epoch's first after an epoch ended). Keep it in your
+        own checkpoint (it is plain JSON); ``Loader(config, state_dict=sd)`` continues there
+        with exactly the batches the uninterrupted loader would have given, provided the
+        configuration (seed included) is the same. Losses reported for the ``loss``,
+        ``rho-loss`` and ``jest`` policies are not part of it (a resumed loader starts with
+        none), and a loader with an ``export`` cannot be resumed this way
+        (``saln-pipe run --resume`` resumes exports)."""
+        return _json.loads(self._inner.state_json())
+
+    def load_state_dict(self, state_dict: Mapping) -> None:
+        """Restarts the loader at ``state_dict`` (from ``state_dict()``): the running stages
+        are stopped and new ones started there, which loads the data and the reference model
+        again. Pass ``state_dict=`` to the constructor instead to start only once (the
+        ``torchdata.StatefulDataLoader`` protocol, for code that expects it)."""
+        sd = _state_json(state_dict)
+        self._inner.close()
+        self._inner = _saln.Loader(*self._args, sd)
 
     # -- iteration --------------------------------------------------------------------
     def __iter__(self) -> Iterator[Batch]:

@@ -8,9 +8,11 @@
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Instant;
 
+use pyo3::exceptions::PyValueError;
 use pyo3::prelude::*;
 use pyo3::sync::GILOnceCell;
-use saln::loader::{Batch, Item, Loader, LoaderReport};
+use saln::batch::LoaderState;
+use saln::loader::{Batch, Item, Loader, LoaderBuilder, LoaderReport};
 use saln::pipeline::StageStats;
 use saln::select::feedback::LossTable;
 use tch::Tensor;
@@ -146,6 +148,8 @@ impl PyBatch {
 #[pyclass(module = "saln._saln", name = "Loader")]
 pub struct PyLoader {
     inner: Mutex<Option<Loader>>,
+    /// Where the loader stands (`Loader::state`), kept after `close()`.
+    state: Mutex<LoaderState>,
     stats: Vec<Arc<StageStats>>,
     losses: Arc<LossTable>,
     report: Mutex<Option<LoaderReport>>,
@@ -173,20 +177,37 @@ pub struct PyLoader {
 #[pymethods]
 impl PyLoader {
     #[new]
-    #[pyo3(signature = (path=None, yaml=None, overrides=None))]
+    #[pyo3(signature = (path=None, yaml=None, overrides=None, state=None))]
     fn new(
         py: Python<'_>,
         path: Option<String>,
         yaml: Option<String>,
         overrides: Option<String>,
+        state: Option<String>,
     ) -> PyResult<Self> {
         let src = ConfigSource::new(path, yaml, overrides.as_deref()).map_err(to_py)?;
         let (text, _) = src.text().map_err(to_py)?;
         let cfg = py
             .allow_threads(|| src.resolve())
             .map_err(|e| to_py_with(e, &text))?;
+        let resume = match state.as_deref().map(serde_json::from_str::<LoaderState>) {
+            None => None,
+            Some(Ok(s)) => Some(s),
+            Some(Err(e)) => {
+                return Err(PyValueError::new_err(format!(
+                    "state_dict: not a loader state ({{\"epoch\": E, \"superbatch\": S}}): {e}"
+                )))
+            }
+        };
         let loader = py
-            .allow_threads(|| Loader::from_config(&cfg))
+            .allow_threads(|| {
+                let b = LoaderBuilder::from_config(&cfg);
+                match resume {
+                    Some(s) => b.resume(s),
+                    None => b,
+                }
+                .build()
+            })
             .map_err(to_py)?;
         let info = loader.info();
         let device = match info.device {
@@ -205,6 +226,7 @@ impl PyLoader {
             samples_per_epoch: info.split.learner.len(),
             device,
             config_json: serde_json::to_string(&cfg).unwrap_or_default(),
+            state: Mutex::new(loader.state()),
             inner: Mutex::new(Some(loader)),
         })
     }
@@ -212,7 +234,14 @@ impl PyLoader {
     /// The next batch, waiting for it with the GIL released; `None` at the end of an epoch
     /// (the next call starts the next epoch) and at the end of the run.
     fn next_batch(&self, py: Python<'_>) -> PyResult<Option<PyBatch>> {
-        let item = py.allow_threads(|| lock(&self.inner).as_mut().and_then(Iterator::next));
+        let item = py.allow_threads(|| {
+            let mut inner = lock(&self.inner);
+            let item = inner.as_mut().and_then(Iterator::next);
+            if let Some(l) = inner.as_ref() {
+                *lock(&self.state) = l.state();
+            }
+            item
+        });
         match item {
             None | Some(Ok(Item::EpochEnd { .. })) => Ok(None),
             Some(Ok(Item::Batch(b))) => PyBatch::new(py, b).map(Some),
@@ -237,6 +266,12 @@ impl PyLoader {
     /// Number of samples with a reported loss.
     fn losses_len(&self) -> usize {
         self.losses.len()
+    }
+
+    /// Where the loader stands, as JSON (`{"epoch": E, "superbatch": S}`): the super-batch
+    /// after the last batch taken. A loader made with it continues there.
+    fn state_json(&self) -> String {
+        serde_json::to_string(&*lock(&self.state)).unwrap_or_default()
     }
 
     /// Whether the stages are still running.

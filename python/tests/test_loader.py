@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 import threading
 import time
@@ -256,3 +257,42 @@ def test_a_failing_stage_raises_the_cli_message(fmnist, tmp_path):
     bogus.write_bytes(b"not a model")
     with pytest.raises(saln.SalnError, match="bogus.pt"):
         saln.Loader(saln_yaml(fmnist, model=bogus, policy="saln"))
+
+
+def test_a_loader_resumed_from_its_state_dict_gives_the_rest_of_the_run(fmnist, tmp_path):
+    yaml = saln_yaml(fmnist, limit=1000, size=256, keep=0.25, epochs=2, seed=4)
+    with saln.Loader(yaml) as full:
+        everything = [b.ids.tolist() for _ in range(full.epochs) for b in full]
+    assert len(everything) == 8
+    # Stopped after 5 batches (the 2nd of epoch 1); the state goes through a JSON file.
+    with saln.Loader(yaml) as first:
+        head = [b.ids.tolist() for b in first]  # epoch 0
+        it = iter(first)
+        head.append(next(it).ids.tolist())
+        state = first.state_dict()
+    assert state == {"epoch": 1, "superbatch": 1}
+    path = tmp_path / "state.json"
+    path.write_text(json.dumps(state))
+    with saln.Loader(yaml, state_dict=json.loads(path.read_text())) as resumed:
+        assert resumed.state_dict() == state
+        tail = [b.ids.tolist() for b in resumed]  # the rest of epoch 1
+        assert list(resumed) == []  # and nothing after it
+    assert head + tail == everything
+    # load_state_dict restarts a running loader there (the StatefulDataLoader protocol).
+    with saln.Loader(yaml) as again:
+        next(iter(again))
+        again.load_state_dict({"epoch": 0, "superbatch": 3})
+        got = [b.ids.tolist() for _ in range(2) for b in again]
+    assert got == everything[3:]
+
+
+def test_a_bad_state_dict_is_refused_naming_it(fmnist, tmp_path):
+    yaml = saln_yaml(fmnist, limit=1000, size=256, keep=0.25, epochs=2)
+    with pytest.raises(ValueError, match="state_dict"):
+        saln.Loader(yaml, state_dict={"epoch": 0, "step": 3})
+    with pytest.raises(TypeError, match="state_dict"):
+        saln.Loader(yaml, state_dict=[0, 3])
+    with pytest.raises(saln.ConfigError, match="outside this run"):
+        saln.Loader(yaml, state_dict={"epoch": 0, "superbatch": 9})
+    with pytest.raises(saln.ConfigError, match="export"):
+        saln.Loader(yaml, state_dict={"epoch": 0, "superbatch": 1}, export__dir=str(tmp_path / "x"))

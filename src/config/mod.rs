@@ -326,16 +326,31 @@ impl PipelineConfig {
     }
 
     /// Names the checkpoint folder after the pipeline file `path` when the YAML leaves
-    /// `checkpoint.dir` out (`target/saln/checkpoints/<file name without .yaml>`). The
-    /// command line does this for `run`; it is not done by [`PipelineConfig::load`], so that
-    /// the configuration recorded in an export (its `saln.config` metadata) is the same
-    /// whether the YAML came from a file or a string.
-    pub fn name_checkpoints_after(&mut self, path: &Path) {
+    /// `checkpoint.dir` out: `target/saln/checkpoints/<file name without .yaml>` for `run`,
+    /// `.../<file name>.curate` for `curate` (`command`), so that the two commands on one
+    /// file never clear each other's checkpoints. The command line does this; it is not done
+    /// by [`PipelineConfig::load`], so that the configuration recorded in an export (its
+    /// `saln.config` metadata) is the same whether the YAML came from a file or a string.
+    ///
+    /// ```
+    /// let mut cfg = saln::config::PipelineConfig::from_yaml_str("source: { idx: { dir: d } }", "x")?;
+    /// let mut curate = cfg.clone();
+    /// cfg.name_checkpoints_after(std::path::Path::new("pipelines/demo.yaml"), "run");
+    /// curate.name_checkpoints_after(std::path::Path::new("pipelines/demo.yaml"), "curate");
+    /// assert_eq!(cfg.checkpoint.folder(), std::path::Path::new("target/saln/checkpoints/demo"));
+    /// assert_eq!(curate.checkpoint.folder(), std::path::Path::new("target/saln/checkpoints/demo.curate"));
+    /// # Ok::<(), saln::Error>(())
+    /// ```
+    pub fn name_checkpoints_after(&mut self, path: &Path, command: &str) {
         if self.checkpoint.dir.is_none() {
             let stem = path
                 .file_stem()
                 .map_or("run".into(), |s| s.to_string_lossy());
-            self.checkpoint.dir = Some(PathBuf::from("target/saln/checkpoints").join(&*stem));
+            let name = match command {
+                "run" => stem.into_owned(),
+                c => format!("{stem}.{c}"),
+            };
+            self.checkpoint.dir = Some(PathBuf::from("target/saln/checkpoints").join(name));
         }
     }
 

@@ -66,6 +66,10 @@ pub struct State {
     pub snapshots: Vec<u64>,
     /// The export, when the run writes one.
     pub export: Option<ExportState>,
+    /// Written by `saln-pipe curate`: no learner, so no `learner.safetensors`; `step`
+    /// counts the sub-batches exported.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub curation: bool,
 }
 
 /// A checkpoint read back: its state and its tensors.
@@ -291,6 +295,14 @@ pub fn load(dir: &Path) -> Result<Loaded> {
             ),
         });
     }
+    if state.curation {
+        return Ok(Loaded {
+            dir: dir.to_path_buf(),
+            state,
+            learner: Vec::new(),
+            snapshots: Vec::new(),
+        });
+    }
     let tensors_path = dir.join("learner.safetensors");
     let all = Tensor::read_safetensors(&tensors_path).map_err(|e| Error::Data {
         path: tensors_path.clone(),
@@ -382,13 +394,6 @@ impl Checkpointer {
     ) -> Result<()> {
         let t = Instant::now();
         let step = trainer.steps();
-        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
-        let name = folder_name(step);
-        let tmp = self.dir.join(format!(".{name}.partial"));
-        if tmp.exists() {
-            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
-        }
-        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
         let mut tensors = trainer.state_tensors()?;
         let mut snapshots = Vec::new();
         if let Some(p) = trainer.publisher() {
@@ -406,10 +411,6 @@ impl Checkpointer {
                 }
             }
         }
-        let tensors_path = tmp.join("learner.safetensors");
-        Tensor::write_safetensors(&tensors, &tensors_path)?;
-        sync(&tensors_path)?;
-        crate::stage::test_pause("checkpoint");
         let state = State {
             format: FORMAT,
             saln_version: env!("CARGO_PKG_VERSION").into(),
@@ -422,7 +423,64 @@ impl Checkpointer {
             tally: tally.clone(),
             snapshots,
             export,
+            curation: false,
         };
+        self.commit(t, state, Some(&tensors))
+    }
+
+    /// Writes a checkpoint of a curation (`saln-pipe curate`): `step` sub-batches exported,
+    /// the loader continuing at global super-batch `next_seq`, the export's state.
+    pub fn write_curation(
+        &mut self,
+        step: u64,
+        next_seq: u64,
+        loaded: &LoaderSummary,
+        tally: &Acc,
+        export: ExportState,
+    ) -> Result<()> {
+        let t = Instant::now();
+        let state = State {
+            format: FORMAT,
+            saln_version: env!("CARGO_PKG_VERSION").into(),
+            config_hash: self.config_hash.clone(),
+            config: self.config.clone(),
+            step,
+            loader: LoaderState::at(next_seq, self.per_epoch),
+            train: TrainProgress {
+                next_seq,
+                ..TrainProgress::default()
+            },
+            loaded: loaded.clone(),
+            tally: tally.clone(),
+            snapshots: Vec::new(),
+            export: Some(export),
+            curation: true,
+        };
+        self.commit(t, state, None)
+    }
+
+    /// Writes `state` (and `tensors`) into a hidden folder, syncs, renames it to the
+    /// checkpoint's name and prunes the old ones.
+    fn commit(
+        &mut self,
+        t: Instant,
+        state: State,
+        tensors: Option<&[(String, Tensor)]>,
+    ) -> Result<()> {
+        let step = state.step;
+        std::fs::create_dir_all(&self.dir).map_err(|e| Error::io(&self.dir, e))?;
+        let name = folder_name(step);
+        let tmp = self.dir.join(format!(".{name}.partial"));
+        if tmp.exists() {
+            std::fs::remove_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        }
+        std::fs::create_dir_all(&tmp).map_err(|e| Error::io(&tmp, e))?;
+        if let Some(tensors) = tensors {
+            let tensors_path = tmp.join("learner.safetensors");
+            Tensor::write_safetensors(tensors, &tensors_path)?;
+            sync(&tensors_path)?;
+        }
+        crate::stage::test_pause("checkpoint");
         let json = serde_json::to_vec_pretty(&state).map_err(|e| Error::Data {
             path: tmp.clone(),
             message: format!("cannot serialise the checkpoint state: {e}"),
@@ -446,6 +504,19 @@ impl Checkpointer {
         self.last_step = step;
         self.last_time = Instant::now();
         Ok(())
+    }
+
+    /// What this checkpointer wrote, for the report (`resumed_from_step`: the step of the
+    /// checkpoint the process started from).
+    pub fn report(&self, resumed_from_step: Option<u64>) -> crate::report::CheckpointReport {
+        crate::report::CheckpointReport {
+            dir: self.dir.clone(),
+            written: self.written.len() as u64,
+            mean_seconds: self.written.iter().map(|w| w.0).sum::<f64>()
+                / self.written.len().max(1) as f64,
+            last_bytes: self.written.last().map_or(0, |w| w.1),
+            resumed_from_step,
+        }
     }
 }
 

@@ -48,7 +48,7 @@ pub use crate::stage::{
     join, panic_message, set_torch_threads, spawn_stage, Cancel, ChannelConfig, Msg, Overlap,
     StageSnapshot, StageStats,
 };
-pub use curate::curate;
+pub use curate::{curate, curate_resume};
 pub use pretrain::{pretrain, PretrainSummary};
 
 /// Something that happened during a run, for progress displays.
@@ -216,6 +216,23 @@ impl Curation {
         let per_epoch = superbatches_per_epoch(&plan);
         let mut extract_start = ExtractStart::default();
         if let Some(r) = resume {
+            let epochs = cfg.trainer.epochs;
+            let inside = if r.at.epoch < epochs {
+                r.at.superbatch < per_epoch as u64
+            } else {
+                (r.at.epoch, r.at.superbatch) == (epochs, 0)
+            };
+            if !inside {
+                return Err(Error::config(
+                    "resume",
+                    format!(
+                        "position (epoch {}, superbatch {}) is outside this run ({epochs} \
+                         epochs of {per_epoch} super-batches): was it taken with another \
+                         configuration?",
+                        r.at.epoch, r.at.superbatch
+                    ),
+                ));
+            }
             plan.start = r.at.seq(per_epoch as u64);
             plan.carried = r.loaded;
             extract_start = ExtractStart {
@@ -524,6 +541,15 @@ fn train_run(
         // Check the configuration before anything is touched.
         check_config(cfg, data.is_some())?;
         let latest = checkpoint::load_latest(&folder, cfg)?;
+        if latest.state.curation {
+            return Err(Error::Data {
+                path: latest.dir,
+                message: "was written by `saln-pipe curate` (it holds no learner): resume it \
+                          with `saln-pipe curate --resume`, or give `run` its own \
+                          `checkpoint.dir`"
+                    .into(),
+            });
+        }
         checkpoint::clear_partials(&folder)?;
         Some(latest)
     } else {
@@ -653,14 +679,7 @@ fn train_run(
     let (exported, checkpoints) = match hook {
         Some(h) => (
             h.exporter.map(|(x, _)| x.finish()),
-            h.checkpointer.map(|c| crate::report::CheckpointReport {
-                dir: folder.clone(),
-                written: c.written.len() as u64,
-                mean_seconds: c.written.iter().map(|w| w.0).sum::<f64>()
-                    / c.written.len().max(1) as f64,
-                last_bytes: c.written.last().map_or(0, |w| w.1),
-                resumed_from_step,
-            }),
+            h.checkpointer.map(|c| c.report(resumed_from_step)),
         ),
         None => (None, None),
     };

@@ -490,3 +490,40 @@ fn rho_loss_in_a_loader_subtracts_the_reference_models_loss() {
     assert!(finite > 0, "the second epoch scores reported losses");
     assert!(report.selection.feedback.unwrap().samples_with_loss as usize >= finite);
 }
+
+/// A resume state outside the run (another configuration's) and a resumed loader with an
+/// export (whose folder would lose the rows before the state) are configuration errors.
+#[test]
+fn a_resume_state_outside_the_run_or_with_an_export_is_refused() {
+    use saln::batch::LoaderState;
+    let build = || {
+        Loader::builder(plain_source(40))
+            .policy(Policy::Uniform)
+            .keep_ratio(0.5)
+            .superbatch_size(10)
+            .epochs(2)
+    };
+    // 4 super-batches an epoch, 2 epochs: (2, 0) is the end, (1, 3) the last one.
+    for (epoch, superbatch, ok) in [(1, 3, true), (2, 0, true), (1, 4, false), (3, 0, false)] {
+        let r = build().resume(LoaderState { epoch, superbatch }).build();
+        match (r, ok) {
+            (Ok(l), true) => drop(l),
+            (Err(e), false) => {
+                let e = e.to_string();
+                assert!(
+                    e.contains("resume") && e.contains("outside this run"),
+                    "{e}"
+                );
+            }
+            (r, _) => panic!("({epoch}, {superbatch}): {:?}", r.map(|_| ())),
+        }
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let e = build()
+        .export(ExportConfig::new(dir.path().join("x")))
+        .resume(LoaderState::at(2, 4))
+        .build()
+        .unwrap_err()
+        .to_string();
+    assert!(e.contains("export") && e.contains("resumed"), "{e}");
+}

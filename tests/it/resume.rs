@@ -65,8 +65,13 @@ fn run(cfg: &Path, resume: bool) -> Output {
 
 /// Runs `cfg` until it pauses at `point` (its `n`-th arrival), then SIGKILLs it.
 fn kill_at(cfg: &Path, point: &str, n: u32) {
+    kill_command_at("run", cfg, point, n)
+}
+
+/// `saln-pipe COMMAND cfg` until it pauses at `point` (its `n`-th arrival), then SIGKILL.
+fn kill_command_at(command: &str, cfg: &Path, point: &str, n: u32) {
     let mut child = bin()
-        .arg("run")
+        .arg(command)
         .arg(cfg)
         .env("SALN_TEST_PAUSE_AT", format!("{point}:{n}"))
         .stdout(Stdio::null())
@@ -250,4 +255,70 @@ fn resume_refuses_a_changed_keep_ratio_and_accepts_a_new_report_path() {
     let o = run(&cfg, true);
     assert_eq!(o.status.code(), Some(1), "{}", text(&o));
     assert!(text(&o).contains("no complete checkpoint"), "{}", text(&o));
+}
+
+/// `saln-pipe curate --resume`: a curation SIGKILLed while writing an export file or a
+/// checkpoint continues to the uninterrupted curation's export (same rows, none twice);
+/// `run --resume` refuses its checkpoints and says whose they are.
+#[test]
+fn a_killed_curation_resumes_to_the_uninterrupted_export() {
+    let root = tempfile::tempdir().unwrap();
+    let data = synthetic_idx(root.path(), 1200, 200);
+    // The run's pipeline with a curation policy (`loss` needs a learner).
+    let curation = |dir: &Path| -> (PathBuf, PathBuf) {
+        std::fs::create_dir_all(dir).unwrap();
+        let report = dir.join("report.json");
+        let cfg = pipeline(dir, &data, 0.5, &report);
+        let text = std::fs::read_to_string(&cfg).unwrap();
+        std::fs::write(&cfg, text.replace("policy: loss", "policy: uniform")).unwrap();
+        (cfg, report)
+    };
+    let rows = |dir: &Path| {
+        let mut r = saln::export::read::read(&dir.join("export"), false).unwrap();
+        r.sort_by_key(|r| (r.superbatch, r.position));
+        r
+    };
+    let whole_dir = root.path().join("whole");
+    let (cfg, _) = curation(&whole_dir);
+    let o = bin().arg("curate").arg(&cfg).output().unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let whole = rows(&whole_dir);
+    assert_eq!(whole.len(), 3300);
+
+    for (point, n) in [("export", 30), ("checkpoint", 5)] {
+        let dir = root.path().join(format!("killed-{point}"));
+        let (cfg, report) = curation(&dir);
+        kill_command_at("curate", &cfg, point, n);
+        assert!(!report.exists(), "{point}: SIGKILL leaves no report");
+        // A run cannot take a curation's checkpoint.
+        let o = run(&cfg, true);
+        assert_eq!(o.status.code(), Some(1), "{}", text(&o));
+        assert!(
+            text(&o).contains("written by `saln-pipe curate`"),
+            "{}",
+            text(&o)
+        );
+        let o = bin()
+            .args(["curate", "--resume"])
+            .arg(&cfg)
+            .output()
+            .unwrap();
+        assert!(o.status.success(), "{point}: {}", text(&o));
+        let json: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+        assert_eq!(json["status"], "completed");
+        let from = json["checkpoints"]["resumed_from_step"].as_u64().unwrap();
+        assert!(from > 0 && from < 54, "{point}: resumed from step {from}");
+        let got = rows(&dir);
+        assert_eq!(got.len(), whole.len(), "{point}: row count");
+        for (a, b) in got.iter().zip(&whole) {
+            assert_eq!(a, b, "{point}: export rows differ");
+        }
+        assert_eq!(pyarrow_rows(&dir.join("export")), (3300, 3300), "{point}");
+        assert_eq!(
+            json["selection"]["samples_kept"].as_u64(),
+            Some(1650),
+            "{point}: the report counts the whole curation"
+        );
+    }
 }

@@ -56,6 +56,12 @@ pub enum Command {
         /// Override the report path.
         #[arg(long)]
         report: Option<PathBuf>,
+        /// Continue from the newest complete checkpoint in `checkpoint.dir` (default
+        /// `target/saln/checkpoints/<file name>.curate`): the export's finished files are
+        /// kept and the rest is written again (refused when a setting that changes the
+        /// result differs from the checkpoint's).
+        #[arg(long)]
+        resume: bool,
     },
     /// Check a pipeline YAML (or an eval YAML) and report every problem.
     Validate {

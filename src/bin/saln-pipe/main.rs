@@ -189,7 +189,8 @@ fn main() -> ExitCode {
             out,
             overwrite,
             report,
-        } => curate(&config, out, overwrite, report, &signals),
+            resume,
+        } => curate(&config, out, overwrite, report, resume, &signals),
         // The others do not watch the cancel flag: a signal ends them at once, with 130.
         Command::Viz {
             config,
@@ -368,7 +369,7 @@ fn run_command(
     if let Some(r) = report {
         cfg.report.path = r;
     }
-    cfg.name_checkpoints_after(config);
+    cfg.name_checkpoints_after(config, "run");
     if cfg.loader_only.is_some() {
         return run_loader_only(&cfg, signals.graceful());
     }
@@ -386,12 +387,13 @@ fn run_command(
     )
 }
 
-/// `saln-pipe curate FILE [--out DIR] [--overwrite] [--report PATH]`.
+/// `saln-pipe curate FILE [--out DIR] [--overwrite] [--report PATH] [--resume]`.
 fn curate(
     config: &std::path::Path,
     out: Option<std::path::PathBuf>,
     overwrite: bool,
     report: Option<std::path::PathBuf>,
+    resume: bool,
     signals: &signals::Signals,
 ) -> ExitCode {
     let mut cfg = match load(config) {
@@ -417,7 +419,13 @@ fn curate(
         );
         return ExitCode::from(2);
     }
-    block_on(signals, run(cfg, pipeline::curate, signals.graceful()))
+    cfg.name_checkpoints_after(config, "curate");
+    let job = if resume {
+        pipeline::curate_resume
+    } else {
+        pipeline::curate
+    };
+    block_on(signals, run(cfg, job, signals.graceful()))
 }
 
 fn block_on(
