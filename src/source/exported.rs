@@ -6,7 +6,6 @@
 //! (pandas, polars, DuckDB) read the same files directly, see `docs/parquet-schema.md`.
 //! Every column is checked against the documented type, so a file of another layout is an
 //! error naming the file and the column, never a silent misreading.
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use arrow::array::{
@@ -105,7 +104,9 @@ pub fn read_file(path: &Path, features: bool) -> Result<Vec<ExportRow>> {
 }
 
 fn read_file_unguarded(path: &Path, features: bool) -> Result<Vec<ExportRow>> {
-    let file = File::open(path).map_err(|e| Error::io(path, e))?;
+    // Read whole (the rows are all kept in memory anyway): the Parquet reader then skips
+    // over a damaged header's claimed lengths in memory, not with one read(2) per step.
+    let file = bytes::Bytes::from(std::fs::read(path).map_err(|e| Error::io(path, e))?);
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| bad(path, format!("not a readable Parquet file: {e}")))?;
     let arrow_schema = builder.schema().clone();

@@ -316,7 +316,11 @@ fn labels_of(col: &ArrayRef, name: &str) -> std::result::Result<Vec<Label>, Stri
 fn read_file(path: &Path, cfg: &ParquetConfig, table: &mut Table) -> Result<()> {
     use ::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
     use ::parquet::arrow::ProjectionMask;
-    let file = std::fs::File::open(path).map_err(|e| Error::io(path, e))?;
+    // Read whole (the table's bytes are kept in memory anyway; a table bigger than memory
+    // is read as a stream, docs/streaming.md): a damaged page header whose thrift lengths
+    // claim gigabytes is then skipped over in memory, not with a read(2) per step (which
+    // took minutes, `tests/fuzz-regressions/parquet-slow-1.parquet`).
+    let file = bytes::Bytes::from(std::fs::read(path).map_err(|e| Error::io(path, e))?);
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| Error::data(path, format!("not a readable Parquet file: {e}")))?;
     let schema = builder.schema().clone();
