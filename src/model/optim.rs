@@ -332,6 +332,34 @@ impl LossScaler {
         self.scale
     }
 
+    /// The scaler's state as one CPU tensor `[scale, good steps, skipped steps]` (float64),
+    /// for a checkpoint; [`LossScaler::from_state`] reads it back.
+    pub fn state(&self) -> Tensor {
+        Tensor::from_slice(&[self.scale, self.good as f64, self.skipped as f64])
+    }
+
+    /// A scaler from [`LossScaler::state`]'s tensor; `None` when it is not 3 finite values
+    /// with a scale of at least 1.
+    pub fn from_state(t: &Tensor) -> Option<LossScaler> {
+        let v: Vec<f64> = t
+            .to_kind(tch::Kind::Double)
+            .flatten(0, -1)
+            .try_into()
+            .ok()?;
+        match v[..] {
+            [scale, good, skipped]
+                if scale.is_finite() && scale >= 1.0 && good >= 0.0 && skipped >= 0.0 =>
+            {
+                Some(LossScaler {
+                    scale,
+                    good: good as u32,
+                    skipped: skipped as u64,
+                })
+            }
+            _ => None,
+        }
+    }
+
     /// After `backward` of `loss * scale()`: unscales the gradients and says whether the
     /// step may be taken (false: skip it; the scale has been halved).
     pub fn unscale(&mut self, opt: &mut Optimizer) -> Result<bool> {
@@ -356,6 +384,24 @@ impl LossScaler {
 mod tests {
     use super::*;
     use tch::Kind;
+
+    #[test]
+    fn the_loss_scale_goes_through_its_state_tensor() {
+        let s = LossScaler {
+            scale: 1024.0,
+            good: 17,
+            skipped: 3,
+        };
+        let back = LossScaler::from_state(&s.state()).unwrap();
+        assert_eq!((back.scale(), back.good, back.skipped), (1024.0, 17, 3));
+        for bad in [
+            vec![0.5, 0.0, 0.0],
+            vec![f64::NAN, 0.0, 0.0],
+            vec![2.0, 1.0],
+        ] {
+            assert!(LossScaler::from_state(&Tensor::from_slice(&bad)).is_none());
+        }
+    }
 
     /// One variable `w` (2x2, decayed) and one `b` (2, not decayed), loss = sum(w*x) + sum(b).
     fn problem() -> (nn::VarStore, Tensor, Tensor) {

@@ -309,8 +309,9 @@ impl Trainer {
 
     /// Everything a checkpoint needs of the learner besides [`Trainer::steps`]: every
     /// variable of the learner (`param/NAME`, a ResNet's batch-norm running statistics
-    /// included) and the optimizer's state (`opt/m1/NAME`, `opt/m2/NAME`: see
-    /// [`Optimizer::state_tensors`]), in name order, as contiguous CPU tensors.
+    /// included), the optimizer's state (`opt/m1/NAME`, `opt/m2/NAME`: see
+    /// [`Optimizer::state_tensors`]) and, with mixed precision, the loss scale (`scaler`),
+    /// in name order, as contiguous CPU tensors.
     pub fn state_tensors(&self) -> Result<Vec<(String, Tensor)>> {
         let _guard = tch::no_grad_guard();
         let mut out = Vec::new();
@@ -322,6 +323,9 @@ impl Trainer {
         }
         for (name, t) in self.opt.state_tensors()? {
             out.push((format!("opt/{name}"), t.f_contiguous()?));
+        }
+        if let Some(s) = &self.scaler {
+            out.push(("scaler".into(), s.state()));
         }
         out.sort_by(|a, b| a.0.cmp(&b.0));
         Ok(out)
@@ -361,6 +365,19 @@ impl Trainer {
             })
             .collect();
         self.opt.restore(&opt, steps)?;
+        if let Some(scaler) = &mut self.scaler {
+            // A checkpoint of a mixed-precision run on CUDA has the scaler's state.
+            *scaler = map
+                .get("scaler")
+                .and_then(|t| LossScaler::from_state(t))
+                .ok_or_else(|| {
+                    err(
+                        "the learner state has no valid loss scale `scaler` (written by a run \
+                         without mixed precision on CUDA, or on another device?)"
+                            .into(),
+                    )
+                })?;
+        }
         self.steps = steps;
         Ok(())
     }
