@@ -73,13 +73,11 @@ signal-loop: setup
 # The Python package (python/, docs/python.md): maturin builds its extension against the
 # venv's torch (LIBTORCH_USE_PYTORCH=1, exported above) into the shared target/, pip installs
 # it into the venv, then pytest runs its tests (they compare with target/release/saln-pipe,
-# which `cargo test --release` above builds). Test tools are installed when missing.
+# which `cargo test --release` above builds). The test tools (pytest, maturin, Ray Data,
+# pyarrow) come with `setup` (scripts/setup.sh tools): the Rust tests need pyarrow too.
 PYTHON := $(SALN_VENV)/bin/python
-PY_TOOLS := "maturin>=1.16,<2" pytest "ray[data]==2.60.*" pyarrow
 
 python: setup
-	@$(PYTHON) -c 'import maturin, pytest, ray, pyarrow' 2>/dev/null || \
-	  $(PYTHON) -m pip install --quiet --disable-pip-version-check $(PY_TOOLS)
 	$(PYTHON) -m pip install --quiet --disable-pip-version-check --no-build-isolation ./python
 
 test-python: python

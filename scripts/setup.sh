@@ -4,8 +4,11 @@
 #   - Debian's dataset-fashion-mnist (the demo's and the tests' real data set);
 #   - Debian's fonts-dejavu-core (the font of the evaluation's plots);
 #   - moto[server] (a local S3-compatible server) and webdataset in the venv, for the tests
-#     of the streaming sources (docs/streaming.md).
-# Usage: scripts/setup.sh [torch|data|stream|all]     (default: all)
+#     of the streaming sources (docs/streaming.md);
+#   - the test and build tools in the venv: pyarrow (the Rust tests read exports with it,
+#     so it must be there before `cargo test`), pytest, maturin and Ray Data (the Python
+#     package and its tests).
+# Usage: scripts/setup.sh [torch|data|stream|tools|all]     (default: all)
 # Environment: SALN_VENV (default ~/.cache/saln/venv), SALN_FASHION_MNIST_DIR.
 set -euo pipefail
 
@@ -111,10 +114,27 @@ setup_stream() {
   say "moto $MOTO_VERSION and webdataset $WEBDATASET_VERSION installed in $VENV"
 }
 
+PY_TOOLS=("maturin>=1.16,<2" pytest "ray[data]==2.60.*" pyarrow)
+tools_ok() {
+  [ -x "$VENV/bin/python" ] && "$VENV/bin/python" -c 'import maturin, pytest, ray, pyarrow' 2>/dev/null
+}
+
+setup_tools() {
+  if tools_ok; then
+    say "pyarrow, pytest, maturin and ray present in $VENV"
+    return
+  fi
+  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
+  say "installing ${PY_TOOLS[*]} into $VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "${PY_TOOLS[@]}"
+  tools_ok || { say "pyarrow / pytest / maturin / ray did not import from $VENV"; exit 1; }
+}
+
 case "$what" in
   torch) setup_torch ;;
   data) setup_data; setup_font ;;
   stream) setup_stream ;;
-  all) setup_torch; setup_data; setup_font; setup_stream ;;
-  *) say "unknown target '$what' (torch|data|stream|all)"; exit 2 ;;
+  tools) setup_tools ;;
+  all) setup_torch; setup_data; setup_font; setup_stream; setup_tools ;;
+  *) say "unknown target '$what' (torch|data|stream|tools|all)"; exit 2 ;;
 esac
