@@ -47,7 +47,7 @@ rate() { sed -n 's/.*: \([0-9.]*\) images\/s.*/\1/p'; }
 cpums() { sed -n 's/.*: \([0-9.]*\) CPU ms per image.*/\1/p'; }
 saln_rates=(); torch_rates=(); saln_cpu=(); torch_cpu=()
 for r in $(seq "$REPEAT"); do
-  out=$(target/release/saln-pipe run "$OUT/pipeline.yaml" 2>/dev/null)
+  out=$("${CARGO_TARGET_DIR:-target}/release/saln-pipe" run "$OUT/pipeline.yaml" 2>/dev/null)
   echo "run $r  $(head -1 <<<"$out")" >&2
   saln_rates+=("$(rate <<<"$out")"); saln_cpu+=("$(cpums <<<"$out")")
   out=$("$PY" scripts/bench_loader.py "$DIR" --workers "$WORKERS" --batch 64 --variant "$VARIANT")

@@ -7,6 +7,9 @@
     scripts/figures.py record-demo CONSTANT.json COSINE.json [--note TEXT]
                                        copy two demo reports (`lr_schedule: constant` and
                                        `cosine`) into docs/results/demo/, with the machine
+    scripts/figures.py record-loader OUTPUT.txt [--note TEXT]
+                                       copy the stdout of scripts/bench-loader.sh into
+                                       docs/results/bench-loader/, with the machine
     scripts/figures.py record-bench [--note TEXT] [-- ARGS...]
                                        run `target/release/saln-pipe bench selection ARGS`
                                        and save its output and the machine in
@@ -198,7 +201,163 @@ def eval_cost():
     )
 
 
+GRID = os.path.join(ROOT, "docs", "results", "fashion-mnist")
+GRID8 = os.path.join(ROOT, "docs", "results", "fashion-mnist-uniform-8-epochs")
+EPOCH_POLICIES = ["none", "uniform", "saln:quantile", "saln:balanced", "saln:extremes",
+                  "saln:boundary", "jest", "rho-loss", "loss"]
+
+
+def pm(m):
+    return f"{100 * m['mean']:.2f} ± {100 * m['sd']:.2f}"
+
+
+def eval_epochs():
+    """The equal-epochs table of docs/results/README.md, from the grid's results.json."""
+    cells = load(os.path.join(GRID, "results.json"))["cells"]
+    by = {(c["keep_ratio"], c["policy"]): c for c in cells}
+    ratios = sorted({c["keep_ratio"] for c in cells}, reverse=True)
+    out = ["| keep ratio | " + " | ".join(EPOCH_POLICIES) + " |",
+           "|---" * (len(EPOCH_POLICIES) + 1) + "|"]
+    for r in ratios:
+        here = [p for p in EPOCH_POLICIES if (r, p) in by]
+        best = max(here, key=lambda p: by[(r, p)]["final_accuracy"]["mean"])
+        row = []
+        for p in EPOCH_POLICIES:
+            c = by.get((r, p))
+            text = pm(c["final_accuracy"]) if c else ""
+            row.append(f"**{text}**" if p == best else text)
+        out.append(f"| {r:g} | " + " | ".join(row) + " |")
+    return "\n".join(out) + "\n"
+
+
+def seed_accuracies(cells, policy, ratio):
+    """{seed: final test accuracy} of a grid cell's runs (their reports under runs/)."""
+    (cell,) = [c for c in cells if c["policy"] == policy and c["keep_ratio"] == ratio]
+    return {int(r.rsplit("_s", 1)[1]): load(os.path.join(GRID, "runs", r + ".json"))["final_test_accuracy"]
+            for r in cell["runs"]}
+
+
+def eval_seed_diff():
+    """`quantile - uniform` seed by seed, and the `quantile - jest` range."""
+    cells = load(os.path.join(GRID, "results.json"))["cells"]
+    ratios = sorted({c["keep_ratio"] for c in cells if c["keep_ratio"] < 1}, reverse=True)
+    first = seed_accuracies(cells, "uniform", ratios[0])
+    seeds = sorted(first)
+    out = ["| keep ratio | " + " | ".join(f"seed {s}" for s in seeds) + " |",
+           "|---" * (len(seeds) + 1) + "|"]
+    vs_jest = []
+    for r in ratios:
+        q = seed_accuracies(cells, "saln:quantile", r)
+        u = seed_accuracies(cells, "uniform", r)
+        j = seed_accuracies(cells, "jest", r)
+        out.append(f"| {r:g} | " + " | ".join(f"{100 * (q[s] - u[s]):+.2f}" for s in seeds) + " |")
+        vs_jest += [100 * (q[s] - j[s]) for s in seeds]
+    ahead = sum(d > 0 for d in vs_jest)
+    return (
+        "\n".join(out) + "\n\n"
+        "At equal epochs, then, `quantile` and `uniform` cannot be told apart with three seeds. "
+        f"Against `jest`, `quantile` is ahead in {ahead} of {len(vs_jest)} seed pairs (by "
+        f"{min(vs_jest):+.2f} to {max(vs_jest):+.2f} points).\n"
+    )
+
+
+BUDGETS = [15, 20, 27, 35]
+
+
+def eval_budgets():
+    """The equal-wall-clock table (scripts/eval-budgets.py on the committed grids) and what
+    it says at 27 s."""
+    out = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "scripts", "eval-budgets.py"), GRID, GRID8]
+        + [str(b) for b in BUDGETS],
+        check=True, capture_output=True, text=True).stdout.splitlines()
+    rows = {}
+    for line in out[2:]:
+        cols = [c.strip() for c in line.strip("|").split("|")]
+        rows[(cols[0], cols[1].strip("`"))] = cols[2:]
+    keep = [("1", "none")] + [(r, p) for r in ("0.5", "0.25", "0.125")
+                              for p in ("uniform, 8 epochs", "saln:quantile", "jest")]
+    table = [out[0], out[1]] + [
+        f"| {r} | `{p}` | " + " | ".join(rows[(r, p)]) + " |" for r, p in keep]
+    at27 = BUDGETS.index(27)
+
+    def mean(r, p):
+        return float(rows[(r, p)][at27].split(" ")[0].strip("†"))
+
+    ratios = ("0.5", "0.25", "0.125")
+    beat = [mean(r, "uniform, 8 epochs") - mean(r, "saln:quantile") for r in ratios]
+    over = [mean(r, "saln:quantile") - mean(r, "jest") for r in ratios]
+    none = mean("1", "none")
+    u5, u25 = mean("0.5", "uniform, 8 epochs"), mean("0.25", "uniform, 8 epochs")
+    verb = "also beats" if min(u5, u25) > none else "is compared with"
+    return (
+        "\n".join(table) + "\n\n"
+        "27 s is about SALN `quantile`'s own wall-clock for 4 epochs. At that budget:\n"
+        f"- **uniform beats SALN by {', '.join(f'{d:.1f}' for d in beat[:-1])} and "
+        f"{beat[-1]:.1f} points** at keep ratios 0.5, 0.25 and 0.125;\n"
+        f"- **SALN beats `jest` by {', '.join(f'{d:.1f}' for d in over[:-1])} and {over[-1]:.1f} "
+        f"points**;\n"
+        f"- uniform at 0.5 and 0.25 {verb} training on everything (`none`): at 27 s, "
+        f"{u5:.2f} and {u25:.2f} against {none:.2f}.\n"
+    )
+
+
+LOADER = os.path.join(ROOT, "docs", "results", "bench-loader")
+
+
+def loader_figures():
+    """The figures of the committed `scripts/bench-loader.sh` output (docs/results/bench-loader/)."""
+    with open(os.path.join(LOADER, "output.txt")) as f:
+        text = f.read()
+
+    def row(label):
+        m = re.search(r"^" + re.escape(label) + r"\s+([0-9.]+)\s+([0-9.]+)\s*$", text, re.M)
+        if not m:
+            sys.exit(f"docs/results/bench-loader/output.txt: no `{label}` line")
+        return float(m.group(1)), float(m.group(2))
+
+    head = re.search(r"^images: (\d+) JPEGs .*?, (\d+) workers, batch (\d+), median of (\d+)", text, re.M)
+    load = re.search(r"^load average now: ([0-9.]+)", text, re.M)
+    variant = re.search(r"^torch DataLoader \((\w+)\)", text, re.M).group(1)
+    saln, torch = row("saln loader-only"), row(f"torch DataLoader ({variant})")
+    return {
+        "n": int(head.group(1)), "workers": int(head.group(2)), "repeat": int(head.group(4)),
+        "load": float(load.group(1)), "variant": variant,
+        "saln": saln, "torch": torch,
+        "ratio": saln[0] / torch[0], "cpu_ratio": torch[1] / saln[1],
+    }
+
+
+def bench_loader():
+    f = loader_figures()
+    return (
+        f"Measured with `scripts/bench-loader.sh` on {f['n']} JPEGs of about 500 x 375 (resize 224, "
+        f"flip, rotation 15 degrees, brightness 0.2, normalise, {f['workers']} workers each): saln's "
+        f"loader-only pipeline delivered {f['saln'][0]:.0f} images/s against {f['torch'][0]:.0f} for "
+        f"PyTorch's DataLoader with torchvision transforms v2, **{f['ratio']:.2f}x** (median of "
+        f"{f['repeat']} alternating runs), using {f['saln'][1]:.2f} against {f['torch'][1]:.2f} CPU ms "
+        f"per image ({f['cpu_ratio']:.2f}x less). (`docs/results/bench-loader/output.txt`: "
+        f"{machine_line(LOADER)}; load average {f['load']:.1f} at the end of the run.)\n"
+    )
+
+
+def bench_loader_row():
+    f = loader_figures()
+    return (
+        "| script run | saln images/s | torch images/s | ratio | saln CPU ms/image | torch CPU ms/image | CPU ratio |\n"
+        "|---|---|---|---|---|---|---|\n"
+        f"| {f['variant']} variant, median of {f['repeat']}, load {f['load']:.1f} "
+        f"(`docs/results/bench-loader/output.txt`) | {f['saln'][0]:.0f} | {f['torch'][0]:.0f} | "
+        f"**{f['ratio']:.2f}x** | {f['saln'][1]:.2f} | {f['torch'][1]:.2f} | **{f['cpu_ratio']:.2f}x** |\n"
+    )
+
+
 GENERATORS = {
+    "eval-epochs": eval_epochs,
+    "eval-seed-diff": eval_seed_diff,
+    "eval-budgets": eval_budgets,
+    "bench-loader": bench_loader,
+    "bench-loader-table": bench_loader_row,
     "eval-cost": eval_cost,
     "demo": demo,
     "lr-schedule": lr_schedule,
@@ -304,6 +463,18 @@ def main(argv):
         write_json(os.path.join(DEMO, "report.json"), load(constant))
         write_json(os.path.join(DEMO, "report-cosine.json"), load(cosine))
         write_json(os.path.join(DEMO, "machine.json"), describe_machine(note))
+        return update(check=False)
+    if argv[0] == "record-loader":
+        note, rest = take_note(argv[1:])
+        (output,) = rest
+        with open(output) as f:
+            text = f.read()
+        os.makedirs(LOADER, exist_ok=True)
+        with open(os.path.join(LOADER, "output.txt.partial"), "w") as f:
+            f.write(text)
+        os.replace(os.path.join(LOADER, "output.txt.partial"), os.path.join(LOADER, "output.txt"))
+        write_json(os.path.join(LOADER, "machine.json"), describe_machine(note))
+        loader_figures()  # refuses an output it cannot read
         return update(check=False)
     if argv[0] == "record-bench":
         rest = argv[1:]

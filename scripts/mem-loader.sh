@@ -34,7 +34,7 @@ superbatch: { size: 64, prefetch: 4 }
 loader_only: { epochs: 1 }
 report: { path: $OUT/n$n-report.json, progress_seconds: 0 }
 YAML
-  /usr/bin/time -v target/release/saln-pipe run "$OUT/n$n.yaml" 2>"$OUT/n$n.time" >"$OUT/n$n.out"
+  /usr/bin/time -v "${CARGO_TARGET_DIR:-target}/release/saln-pipe" run "$OUT/n$n.yaml" 2>"$OUT/n$n.time" >"$OUT/n$n.out"
   echo "  $(head -1 "$OUT/n$n.out")" >&2
   sed -n 's/.*Maximum resident set size (kbytes): //p' "$OUT/n$n.time"
 }
