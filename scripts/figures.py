@@ -7,6 +7,10 @@
     scripts/figures.py record-demo CONSTANT.json COSINE.json [--note TEXT]
                                        copy two demo reports (`lr_schedule: constant` and
                                        `cosine`) into docs/results/demo/, with the machine
+    scripts/figures.py record-python DEFAULT.txt DEFAULT.json SALN.txt SALN.json [--note TEXT]
+                                       copy the outputs of python/bench/loader_bench.py (the
+                                       default pipeline, then the demo pipeline, each with
+                                       --json) into docs/results/bench-python/
     scripts/figures.py record-loader OUTPUT.txt [--note TEXT]
                                        copy the stdout of scripts/bench-loader.sh into
                                        docs/results/bench-loader/, with the machine
@@ -352,7 +356,42 @@ def bench_loader_row():
     )
 
 
+PYBENCH = os.path.join(ROOT, "docs", "results", "bench-python")
+PYBENCH_CASES = [
+    ("default", "default: 20 epochs of all 60,000 Fashion-MNIST images, no selection, B = 256 "
+                "(the hardest case for Python: thousands of batches per second)"),
+    ("saln", "`pipelines/fashion-mnist.yaml` (SALN, reference CNN, a quarter kept), "
+             "`--epochs 1 --limit 8192`"),
+]
+
+
+def bench_python():
+    """The table of docs/python.md's measurements, from `loader_bench.py --json` outputs."""
+    import statistics
+    out = ["| pipeline | images delivered per run | rust loader | python loader | python / rust |",
+           "|---|---|---|---|---|"]
+    for name, what in PYBENCH_CASES:
+        f = load(os.path.join(PYBENCH, f"{name}.json"))
+        with open(os.path.join(PYBENCH, f"{name}.txt")) as t:
+            images = re.search(r"^run 1: (\d+) images in (\d+) batches", t.read(), re.M)
+
+        def med(side, kind):
+            return statistics.median(x[kind] for x in f[side])
+
+        def k(v):
+            return f"{v / 1000:.0f}k/s" if v >= 10000 else f"{v:.0f}/s"
+
+        out.append(
+            f"| {what} | {int(images.group(1)):,} in {int(images.group(2)):,} batches | "
+            f"{k(med('rust', 'total'))} ({k(med('rust', 'streaming'))} streaming) | "
+            f"{k(med('python', 'total'))} ({k(med('python', 'streaming'))} streaming) | "
+            f"**{f['total_ratio']:.3f}** ({f['streaming_ratio']:.3f} streaming), {len(f['rust'])} runs |"
+        )
+    return "\n".join(out) + f"\n\n(`docs/results/bench-python/`: {machine_line(PYBENCH)}.)\n"
+
+
 GENERATORS = {
+    "bench-python": bench_python,
     "eval-epochs": eval_epochs,
     "eval-seed-diff": eval_seed_diff,
     "eval-budgets": eval_budgets,
@@ -463,6 +502,19 @@ def main(argv):
         write_json(os.path.join(DEMO, "report.json"), load(constant))
         write_json(os.path.join(DEMO, "report-cosine.json"), load(cosine))
         write_json(os.path.join(DEMO, "machine.json"), describe_machine(note))
+        return update(check=False)
+    if argv[0] == "record-python":
+        note, rest = take_note(argv[1:])
+        os.makedirs(PYBENCH, exist_ok=True)
+        for (name, _), (txt, js) in zip(PYBENCH_CASES, zip(rest[0::2], rest[1::2])):
+            for src, ext in ((txt, "txt"), (js, "json")):
+                with open(src) as f:
+                    body = f.read()
+                dst = os.path.join(PYBENCH, f"{name}.{ext}")
+                with open(dst + ".partial", "w") as f:
+                    f.write(body)
+                os.replace(dst + ".partial", dst)
+        write_json(os.path.join(PYBENCH, "machine.json"), describe_machine(note))
         return update(check=False)
     if argv[0] == "record-loader":
         note, rest = take_note(argv[1:])
