@@ -11,6 +11,9 @@
                                        copy the outputs of python/bench/loader_bench.py (the
                                        default pipeline, then the demo pipeline, each with
                                        --json) into docs/results/bench-python/
+    scripts/figures.py record-stream OUTPUT.txt [--note TEXT]
+                                       copy the stdout of scripts/bench-stream.sh into
+                                       docs/results/bench-stream/
     scripts/figures.py record-loader OUTPUT.txt [--note TEXT]
                                        copy the stdout of scripts/bench-loader.sh into
                                        docs/results/bench-loader/, with the machine
@@ -390,7 +393,18 @@ def bench_python():
     return "\n".join(out) + f"\n\n(`docs/results/bench-python/`: {machine_line(PYBENCH)}.)\n"
 
 
+STREAM = os.path.join(ROOT, "docs", "results", "bench-stream")
+
+
+def bench_stream():
+    """scripts/bench-stream.sh's output, verbatim, with its machine."""
+    with open(os.path.join(STREAM, "output.txt")) as f:
+        text = f.read().rstrip("\n")
+    return f"```text\n{text}\n```\n\n(`docs/results/bench-stream/output.txt`: {machine_line(STREAM)}.)\n"
+
+
 GENERATORS = {
+    "bench-stream": bench_stream,
     "bench-python": bench_python,
     "eval-epochs": eval_epochs,
     "eval-seed-diff": eval_seed_diff,
@@ -515,6 +529,17 @@ def main(argv):
                     f.write(body)
                 os.replace(dst + ".partial", dst)
         write_json(os.path.join(PYBENCH, "machine.json"), describe_machine(note))
+        return update(check=False)
+    if argv[0] == "record-stream":
+        note, rest = take_note(argv[1:])
+        (output,) = rest
+        with open(output) as f:
+            text = f.read()
+        os.makedirs(STREAM, exist_ok=True)
+        with open(os.path.join(STREAM, "output.txt.partial"), "w") as f:
+            f.write(text)
+        os.replace(os.path.join(STREAM, "output.txt.partial"), os.path.join(STREAM, "output.txt"))
+        write_json(os.path.join(STREAM, "machine.json"), describe_machine(note))
         return update(check=False)
     if argv[0] == "record-loader":
         note, rest = take_note(argv[1:])
