@@ -11,9 +11,10 @@
                                        copy the outputs of python/bench/loader_bench.py (the
                                        default pipeline, then the demo pipeline, each with
                                        --json) into docs/results/bench-python/
-    scripts/figures.py record-stream OUTPUT.txt [--note TEXT]
-                                       copy the stdout of scripts/bench-stream.sh into
-                                       docs/results/bench-stream/
+    scripts/figures.py record-output NAME OUTPUT.txt [--note TEXT]
+                                       copy the stdout of scripts/bench-stream.sh (NAME
+                                       bench-stream) or scripts/mem-loader.sh (mem-loader)
+                                       into docs/results/NAME/
     scripts/figures.py record-loader OUTPUT.txt [--note TEXT]
                                        copy the stdout of scripts/bench-loader.sh into
                                        docs/results/bench-loader/, with the machine
@@ -393,18 +394,24 @@ def bench_python():
     return "\n".join(out) + f"\n\n(`docs/results/bench-python/`: {machine_line(PYBENCH)}.)\n"
 
 
-STREAM = os.path.join(ROOT, "docs", "results", "bench-stream")
+# Scripts whose whole output is the figure: docs/results/NAME/output.txt, shown verbatim.
+VERBATIM = {"bench-stream": "scripts/bench-stream.sh", "mem-loader": "scripts/mem-loader.sh"}
 
 
-def bench_stream():
-    """scripts/bench-stream.sh's output, verbatim, with its machine."""
-    with open(os.path.join(STREAM, "output.txt")) as f:
-        text = f.read().rstrip("\n")
-    return f"```text\n{text}\n```\n\n(`docs/results/bench-stream/output.txt`: {machine_line(STREAM)}.)\n"
+def verbatim(name):
+    folder = os.path.join(ROOT, "docs", "results", name)
+
+    def block():
+        with open(os.path.join(folder, "output.txt")) as f:
+            text = f.read().rstrip("\n")
+        return (f"```text\n{text}\n```\n\n(`{VERBATIM[name]}`, `docs/results/{name}/output.txt`: "
+                f"{machine_line(folder)}.)\n")
+
+    return block
 
 
 GENERATORS = {
-    "bench-stream": bench_stream,
+    **{name: verbatim(name) for name in VERBATIM},
     "bench-python": bench_python,
     "eval-epochs": eval_epochs,
     "eval-seed-diff": eval_seed_diff,
@@ -530,16 +537,19 @@ def main(argv):
                 os.replace(dst + ".partial", dst)
         write_json(os.path.join(PYBENCH, "machine.json"), describe_machine(note))
         return update(check=False)
-    if argv[0] == "record-stream":
+    if argv[0] == "record-output":
         note, rest = take_note(argv[1:])
-        (output,) = rest
+        name, output = rest
+        if name not in VERBATIM:
+            sys.exit(f"record-output: NAME is one of {', '.join(VERBATIM)}")
+        folder = os.path.join(ROOT, "docs", "results", name)
         with open(output) as f:
             text = f.read()
-        os.makedirs(STREAM, exist_ok=True)
-        with open(os.path.join(STREAM, "output.txt.partial"), "w") as f:
+        os.makedirs(folder, exist_ok=True)
+        with open(os.path.join(folder, "output.txt.partial"), "w") as f:
             f.write(text)
-        os.replace(os.path.join(STREAM, "output.txt.partial"), os.path.join(STREAM, "output.txt"))
-        write_json(os.path.join(STREAM, "machine.json"), describe_machine(note))
+        os.replace(os.path.join(folder, "output.txt.partial"), os.path.join(folder, "output.txt"))
+        write_json(os.path.join(folder, "machine.json"), describe_machine(note))
         return update(check=False)
     if argv[0] == "record-loader":
         note, rest = take_note(argv[1:])
