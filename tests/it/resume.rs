@@ -69,7 +69,7 @@ fn kill_at(cfg: &Path, point: &str, n: u32) {
 }
 
 /// `saln-pipe COMMAND cfg` until it pauses at `point` (its `n`-th arrival), then SIGKILL.
-fn kill_command_at(command: &str, cfg: &Path, point: &str, n: u32) {
+pub(super) fn kill_command_at(command: &str, cfg: &Path, point: &str, n: u32) {
     let mut child = bin()
         .arg(command)
         .arg(cfg)

@@ -685,3 +685,71 @@ fn s3_shards_on_a_local_server_select_what_the_same_local_shards_do() {
         "{e}"
     );
 }
+
+/// A curation of tar shards SIGKILLed mid-epoch (inside an export file of epoch 1) and
+/// resumed with `saln-pipe curate --resume` writes the uninterrupted curation's rows: the
+/// resumed loader reads epoch 1's shards again up to its position without decoding them.
+#[test]
+fn a_killed_stream_curation_resumes_to_the_same_export() {
+    let t = tempfile::tempdir().unwrap();
+    let shards = write_shards(&t.path().join("shards"));
+    let list = strings(&shards)
+        .iter()
+        .map(|s| format!("'{s}'"))
+        .collect::<Vec<_>>()
+        .join(", ");
+    let yaml = |dir: &Path| -> PathBuf {
+        std::fs::create_dir_all(dir).unwrap();
+        let path = dir.join("p.yaml");
+        std::fs::write(
+            &path,
+            format!(
+                "seed: 5\n\
+                 device: cpu\n\
+                 source: {{ stream: {{ format: webdataset, train: [{list}], test: ['{test}'], shuffle_buffer: 30 }}, holdout: 0, channels: 1 }}\n\
+                 augment: {{ workers: 2, ops: [ {{ resize: {{ size: [6, 5] }} }}, {{ hflip: {{ p: 0.5 }} }} ] }}\n\
+                 superbatch: {{ size: 16, prefetch: 2 }}\n\
+                 selection: {{ policy: uniform, keep_ratio: 0.5 }}\n\
+                 trainer: {{ epochs: 2 }}\n\
+                 export: {{ dir: '{e}', include_rejected: true, rows_per_file: 40 }}\n\
+                 checkpoint: {{ dir: '{c}', every_steps: 3, every_seconds: 0 }}\n\
+                 report: {{ path: '{r}', progress_seconds: 0 }}\n",
+                test = shards[0].display(),
+                e = dir.join("export").display(),
+                c = dir.join("ckpt").display(),
+                r = dir.join("report.json").display(),
+            ),
+        )
+        .unwrap();
+        path
+    };
+    let curate = |cfg: &Path, resume: bool| {
+        let mut c = std::process::Command::new(env!("CARGO_BIN_EXE_saln-pipe"));
+        c.arg("curate").arg(cfg);
+        if resume {
+            c.arg("--resume");
+        }
+        let o = c.output().unwrap();
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    };
+    let rows = |dir: &Path| {
+        let mut r = saln::export::read::read(&dir.join("export"), false).unwrap();
+        r.sort_by_key(|r| (r.superbatch, r.position));
+        r
+    };
+    let whole = t.path().join("whole");
+    curate(&yaml(&whole), false);
+    let want = rows(&whole);
+    assert_eq!(want.len(), 2 * SHARDS * PER);
+
+    let killed = t.path().join("killed");
+    let cfg = yaml(&killed);
+    // 8 super-batches an epoch, one export write each: the 12th is in epoch 1.
+    super::resume::kill_command_at("curate", &cfg, "export", 12);
+    curate(&cfg, true);
+    let report: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(killed.join("report.json")).unwrap()).unwrap();
+    let from = report["checkpoints"]["resumed_from_step"].as_u64().unwrap();
+    assert!((9..12).contains(&from), "resumed from step {from}");
+    assert_eq!(rows(&killed), want);
+}
