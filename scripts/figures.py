@@ -528,6 +528,18 @@ def write_json(path, value):
     os.replace(path + ".partial", path)
 
 
+def copy_result(src, folder, name):
+    """Copies the file `src` to `folder/name` (atomically) and returns its text."""
+    with open(src) as f:
+        text = f.read()
+    os.makedirs(folder, exist_ok=True)
+    dst = os.path.join(folder, name)
+    with open(dst + ".partial", "w") as f:
+        f.write(text)
+    os.replace(dst + ".partial", dst)
+    return text
+
+
 def take_note(args):
     if "--note" in args:
         k = args.index("--note")
@@ -552,13 +564,8 @@ def main(argv):
         note, rest = take_note(argv[1:])
         os.makedirs(PYBENCH, exist_ok=True)
         for (name, _), (txt, js) in zip(PYBENCH_CASES, zip(rest[0::2], rest[1::2])):
-            for src, ext in ((txt, "txt"), (js, "json")):
-                with open(src) as f:
-                    body = f.read()
-                dst = os.path.join(PYBENCH, f"{name}.{ext}")
-                with open(dst + ".partial", "w") as f:
-                    f.write(body)
-                os.replace(dst + ".partial", dst)
+            copy_result(txt, PYBENCH, f"{name}.txt")
+            copy_result(js, PYBENCH, f"{name}.json")
         write_json(os.path.join(PYBENCH, "machine.json"), describe_machine(note))
         return update(check=False)
     if argv[0] == "record-checkpoint":
@@ -573,23 +580,13 @@ def main(argv):
         if name not in VERBATIM:
             sys.exit(f"record-output: NAME is one of {', '.join(VERBATIM)}")
         folder = os.path.join(ROOT, "docs", "results", name)
-        with open(output) as f:
-            text = f.read()
-        os.makedirs(folder, exist_ok=True)
-        with open(os.path.join(folder, "output.txt.partial"), "w") as f:
-            f.write(text)
-        os.replace(os.path.join(folder, "output.txt.partial"), os.path.join(folder, "output.txt"))
+        copy_result(output, folder, "output.txt")
         write_json(os.path.join(folder, "machine.json"), describe_machine(note))
         return update(check=False)
     if argv[0] == "record-loader":
         note, rest = take_note(argv[1:])
         (output,) = rest
-        with open(output) as f:
-            text = f.read()
-        os.makedirs(LOADER, exist_ok=True)
-        with open(os.path.join(LOADER, "output.txt.partial"), "w") as f:
-            f.write(text)
-        os.replace(os.path.join(LOADER, "output.txt.partial"), os.path.join(LOADER, "output.txt"))
+        copy_result(output, LOADER, "output.txt")
         write_json(os.path.join(LOADER, "machine.json"), describe_machine(note))
         loader_figures()  # refuses an output it cannot read
         return update(check=False)

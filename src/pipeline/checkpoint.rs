@@ -248,6 +248,44 @@ pub fn load_latest(dir: &Path, cfg: &PipelineConfig) -> Result<Loaded> {
     })
 }
 
+/// The checkpoint a resumed `run` (`curation: false`) or `curate` (`true`) continues from:
+/// the newest complete one of `dir` ([`load_latest`]), which must have been written by the
+/// same command; the half-written ones are removed.
+pub fn restore(dir: &Path, cfg: &PipelineConfig, curation: bool) -> Result<Loaded> {
+    let latest = load_latest(dir, cfg)?;
+    if latest.state.curation != curation {
+        let (by, resume) = if latest.state.curation {
+            (
+                "`saln-pipe curate` (it holds no learner)",
+                "`saln-pipe curate --resume`",
+            )
+        } else {
+            (
+                "`saln-pipe run` (it holds a learner)",
+                "`saln-pipe run --resume`",
+            )
+        };
+        return Err(Error::Data {
+            path: latest.dir,
+            message: format!(
+                "was written by {by}: resume it with {resume}, or give each command its own \
+                 `checkpoint.dir`"
+            ),
+        });
+    }
+    clear_partials(dir)?;
+    Ok(latest)
+}
+
+/// A run that does not resume starts with an empty checkpoint folder (when it writes
+/// checkpoints), so that a later `--resume` cannot pick up an older run's.
+pub fn start_fresh(cfg: &PipelineConfig, dir: &Path) -> Result<()> {
+    if cfg.checkpoint.enabled {
+        clear(dir)?;
+    }
+    Ok(())
+}
+
 fn check_config(l: &Loaded, cfg: &PipelineConfig) -> Result<()> {
     let now = result_config(cfg);
     if hash(&now) == l.state.config_hash {

@@ -67,21 +67,9 @@ fn curation(
     let folder = cfg.checkpoint.folder();
     let restored = if resume {
         check_config(cfg, false)?;
-        let latest = checkpoint::load_latest(&folder, cfg)?;
-        if !latest.state.curation {
-            return Err(Error::Data {
-                path: latest.dir,
-                message: "was written by `saln-pipe run` (it holds a learner): resume it with \
-                          `saln-pipe run --resume`, or give `curate` its own `checkpoint.dir`"
-                    .into(),
-            });
-        }
-        checkpoint::clear_partials(&folder)?;
-        Some(latest)
+        Some(checkpoint::restore(&folder, cfg, true)?)
     } else {
-        if cfg.checkpoint.enabled {
-            checkpoint::clear(&folder)?;
-        }
+        checkpoint::start_fresh(cfg, &folder)?;
         None
     };
     let mut launch = Launch::new(cfg).prepare_export();
@@ -91,17 +79,7 @@ fn curation(
         let s = &r.state;
         done = s.step;
         carried = (s.loaded.clone(), s.tally.clone());
-        launch = launch.resume(ResumeStart {
-            at: s.loader,
-            loaded: s.loaded.clone(),
-            sent: s.step,
-            tally: s.tally.clone(),
-            export_files: s
-                .export
-                .as_ref()
-                .map(|e| e.summary.files.clone())
-                .unwrap_or_default(),
-        });
+        launch = launch.resume(ResumeStart::from_state(s));
     }
     let resumed_from_step = restored.as_ref().map(|r| r.state.step);
     let export_state = restored.and_then(|r| r.state.export);

@@ -342,6 +342,23 @@ pub struct ResumeStart {
     pub export_files: Vec<String>,
 }
 
+impl ResumeStart {
+    /// Where a checkpoint's `state` says the stages continue.
+    pub fn from_state(s: &checkpoint::State) -> ResumeStart {
+        ResumeStart {
+            at: s.loader,
+            loaded: s.loaded.clone(),
+            sent: s.step,
+            tally: s.tally.clone(),
+            export_files: s
+                .export
+                .as_ref()
+                .map(|e| e.summary.files.clone())
+                .unwrap_or_default(),
+        }
+    }
+}
+
 impl<'a> Launch<'a> {
     /// A launch of `cfg` that opens `cfg.source` and leaves the export folder alone.
     pub fn new(cfg: &'a PipelineConfig) -> Self {
@@ -540,22 +557,9 @@ fn train_run(
     let restored = if resume {
         // Check the configuration before anything is touched.
         check_config(cfg, data.is_some())?;
-        let latest = checkpoint::load_latest(&folder, cfg)?;
-        if latest.state.curation {
-            return Err(Error::Data {
-                path: latest.dir,
-                message: "was written by `saln-pipe curate` (it holds no learner): resume it \
-                          with `saln-pipe curate --resume`, or give `run` its own \
-                          `checkpoint.dir`"
-                    .into(),
-            });
-        }
-        checkpoint::clear_partials(&folder)?;
-        Some(latest)
+        Some(checkpoint::restore(&folder, cfg, false)?)
     } else {
-        if cfg.checkpoint.enabled {
-            checkpoint::clear(&folder)?;
-        }
+        checkpoint::start_fresh(cfg, &folder)?;
         None
     };
     let board = cfg
@@ -568,18 +572,7 @@ fn train_run(
         launch = launch.data(d);
     }
     if let Some(r) = &restored {
-        let s = &r.state;
-        launch = launch.resume(ResumeStart {
-            at: s.loader,
-            loaded: s.loaded.clone(),
-            sent: s.step,
-            tally: s.tally.clone(),
-            export_files: s
-                .export
-                .as_ref()
-                .map(|e| e.summary.files.clone())
-                .unwrap_or_default(),
-        });
+        launch = launch.resume(ResumeStart::from_state(&r.state));
     }
     let (sub_rx, handle) = launch.start(cancel.clone())?.into_parts();
     let info = handle.info.clone();
