@@ -312,6 +312,24 @@ fn labels_of(col: &ArrayRef, name: &str) -> std::result::Result<Vec<Label>, Stri
     }
 }
 
+/// The index of column `name` in `schema`; the error lists the columns there are.
+pub(crate) fn column_index(
+    schema: &arrow::datatypes::Schema,
+    name: &str,
+) -> std::result::Result<usize, String> {
+    schema.index_of(name).map_err(|_| {
+        format!(
+            "no column `{name}` (columns: {})",
+            schema
+                .fields()
+                .iter()
+                .map(|f| f.name().as_str())
+                .collect::<Vec<_>>()
+                .join(", ")
+        )
+    })
+}
+
 /// Appends one file's rows to `table`.
 fn read_file(path: &Path, cfg: &ParquetConfig, table: &mut Table) -> Result<()> {
     use ::parquet::arrow::arrow_reader::ParquetRecordBatchReaderBuilder;
@@ -324,22 +342,7 @@ fn read_file(path: &Path, cfg: &ParquetConfig, table: &mut Table) -> Result<()> 
     let builder = ParquetRecordBatchReaderBuilder::try_new(file)
         .map_err(|e| Error::data(path, format!("not a readable Parquet file: {e}")))?;
     let schema = builder.schema().clone();
-    let find = |name: &str| {
-        schema.index_of(name).map_err(|_| {
-            Error::data(
-                path,
-                format!(
-                    "no column `{name}` (columns: {})",
-                    schema
-                        .fields()
-                        .iter()
-                        .map(|f| f.name().as_str())
-                        .collect::<Vec<_>>()
-                        .join(", ")
-                ),
-            )
-        })
-    };
+    let find = |name: &str| column_index(&schema, name).map_err(|m| Error::data(path, m));
     let (ii, li) = (find(&cfg.image_column)?, find(&cfg.label_column)?);
     let mask = ProjectionMask::roots(builder.parquet_schema(), [ii, li]);
     let reader = builder

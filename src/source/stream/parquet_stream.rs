@@ -15,7 +15,7 @@ use parquet::arrow::ProjectionMask;
 use parquet::file::reader::ChunkReader;
 
 use super::{Payload, RawRecord};
-use crate::source::parquet::{image_column, resolve_image_path, ImageCell};
+use crate::source::parquet::{column_index, image_column, resolve_image_path, ImageCell};
 
 /// The columns of a Parquet shard.
 #[derive(Debug, Clone)]
@@ -40,19 +40,7 @@ pub fn for_each_row<R: ChunkReader + 'static>(
     let builder = ParquetRecordBatchReaderBuilder::try_new(input)
         .map_err(|e| format!("not a readable Parquet file: {e}"))?;
     let schema = builder.schema().clone();
-    let find = |name: &str| {
-        schema.index_of(name).map_err(|_| {
-            format!(
-                "no column `{name}` (columns: {})",
-                schema
-                    .fields()
-                    .iter()
-                    .map(|f| f.name().as_str())
-                    .collect::<Vec<_>>()
-                    .join(", ")
-            )
-        })
-    };
+    let find = |name: &str| column_index(&schema, name);
     let li = find(&layout.label_column)?;
     let roots = if labels_only {
         vec![li]
