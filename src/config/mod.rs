@@ -219,8 +219,9 @@ pub struct CheckpointConfig {
     #[serde(default = "d_true")]
     pub enabled: bool,
     /// The run folder holding them. Default: `target/saln/checkpoints/<name of the
-    /// pipeline file without .yaml>` (a pipeline built in code: `target/saln/checkpoints/run`).
-    /// A run without `--resume` empties it first.
+    /// pipeline file without .yaml>` for `saln-pipe run`, with `.curate` appended for
+    /// `saln-pipe curate` ([`PipelineConfig::name_checkpoints_after`]; a pipeline built in
+    /// code: `target/saln/checkpoints/run`). A run without `--resume` empties it first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dir: Option<PathBuf>,
     /// A checkpoint after every this many optimizer steps (0: not by steps).
