@@ -207,6 +207,8 @@ class Loader:
     so report each batch before asking for the one ``snapshot_lag + 1`` after it
     (docs/python.md). Waiting for a batch releases the GIL. ``close()`` (or leaving
     the ``with`` block, or dropping the loader) stops every stage and joins its threads.
+    ``state_dict()`` says where the loader stands; ``Loader(config, state_dict=sd)``
+    continues there (checkpointing your own loop).
     """
 
     def __init__(
