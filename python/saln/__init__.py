@@ -230,13 +230,15 @@ class Loader:
         return _json.loads(self._inner.state_json())
 
     def load_state_dict(self, state_dict: Mapping) -> None:
-        """Restarts the loader at ``state_dict`` (from ``state_dict()``): the running stages
-        are stopped and new ones started there, which loads the data and the reference model
-        again. Pass ``state_dict=`` to the constructor instead to start only once (the
+        """Restarts the loader at ``state_dict`` (from ``state_dict()``): new stages are
+        started there and the running ones stopped, which loads the data and the reference
+        model again (a refused state raises and leaves the loader running as it was). Pass ``state_dict=`` to the constructor instead to start only once (the
         ``torchdata.StatefulDataLoader`` protocol, for code that expects it)."""
-        sd = _state_json(state_dict)
+        # The new stages start before the old ones stop, so that a refused state leaves
+        # this loader as it was.
+        new = _saln.Loader(*self._args, _state_json(state_dict))
         self._inner.close()
-        self._inner = _saln.Loader(*self._args, sd)
+        self._inner = new
 
     # -- iteration --------------------------------------------------------------------
     def __iter__(self) -> Iterator[Batch]:

@@ -294,5 +294,9 @@ def test_a_bad_state_dict_is_refused_naming_it(fmnist, tmp_path):
         saln.Loader(yaml, state_dict=[0, 3])
     with pytest.raises(saln.ConfigError, match="outside this run"):
         saln.Loader(yaml, state_dict={"epoch": 0, "superbatch": 9})
+    with saln.Loader(yaml) as running:
+        with pytest.raises(saln.ConfigError, match="outside this run"):
+            running.load_state_dict({"epoch": 5, "superbatch": 0})
+        assert running.running and len(list(running)) == len(running)  # still usable
     with pytest.raises(saln.ConfigError, match="export"):
         saln.Loader(yaml, state_dict={"epoch": 0, "superbatch": 1}, export__dir=str(tmp_path / "x"))
