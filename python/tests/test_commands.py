@@ -151,7 +151,8 @@ def test_ctrl_c_stops_a_curation_like_saln_pipe_and_raises_keyboard_interrupt(fm
     # 60 million samples: minutes of work even at the loader's full speed
     yaml = saln_yaml(fmnist, limit=60000, epochs=1000, report=tmp_path / "r.json")
     code = (
-        "import sys, saln\n"
+        "import faulthandler, sys, saln\n"
+        "faulthandler.dump_traceback_later(50, exit=True)  # a hang shows where it is\n"
         "print('start', flush=True)\n"
         "try:\n"
         f"    r = saln.curate({yaml!r}, out={str(tmp_path / 'out')!r})\n"
@@ -165,7 +166,12 @@ def test_ctrl_c_stops_a_curation_like_saln_pipe_and_raises_keyboard_interrupt(fm
     time.sleep(3.0)  # loading the data, then curating
     t = time.monotonic()
     p.send_signal(signal.SIGINT)
-    out, err = p.communicate(timeout=60)
+    try:
+        out, err = p.communicate(timeout=60)
+    except subprocess.TimeoutExpired:
+        p.kill()
+        out, err = p.communicate()
+        raise AssertionError(f"no exit 60 s after SIGINT; stdout {out!r}, stderr {err[-4000:]!r}")
     assert p.returncode == 130, (out, err)
     assert "interrupted" in out
     assert time.monotonic() - t < 20

@@ -221,7 +221,8 @@ pub struct CheckpointConfig {
     /// The run folder holding them. Default: `target/saln/checkpoints/<name of the
     /// pipeline file without .yaml>` for `saln-pipe run`, with `.curate` appended for
     /// `saln-pipe curate` ([`PipelineConfig::name_checkpoints_after`]; a pipeline built in
-    /// code: `target/saln/checkpoints/run`). A run without `--resume` empties it first.
+    /// code: `target/saln/checkpoints/run`, or `.../curate` for a curation). A run without
+    /// `--resume` empties it first.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub dir: Option<PathBuf>,
     /// A checkpoint after every this many optimizer steps (0: not by steps).
@@ -260,11 +261,19 @@ impl CheckpointConfig {
         });
     }
 
-    /// The run folder (see [`CheckpointConfig::dir`]).
+    /// The run folder of `saln-pipe run` (see [`CheckpointConfig::dir`]).
     pub fn folder(&self) -> PathBuf {
         self.dir
             .clone()
             .unwrap_or_else(|| PathBuf::from("target/saln/checkpoints/run"))
+    }
+
+    /// The run folder of a curation: `dir`, or `target/saln/checkpoints/curate` for a
+    /// pipeline without a file name, so that a curation never empties a run's folder.
+    pub fn curation_folder(&self) -> PathBuf {
+        self.dir
+            .clone()
+            .unwrap_or_else(|| PathBuf::from("target/saln/checkpoints/curate"))
     }
 }
 
@@ -517,12 +526,18 @@ impl PipelineConfig {
         SelectorConfig::new(&self.selection, self.seed)
     }
 
-    /// What an export's metadata record about this run.
+    /// What an export's metadata record about this run. The configuration is recorded
+    /// without `checkpoint.dir`: where checkpoints go depends on the command that ran
+    /// (`run` and `curate` name their folders after the file, a YAML string names none), not
+    /// on what was selected, so the same pipeline records the same `saln.config` from
+    /// `saln-pipe curate`, `saln-pipe run`, Python and Ray.
     pub fn provenance(&self) -> Provenance {
+        let mut recorded = self.clone();
+        recorded.checkpoint.dir = None;
         Provenance {
             selection: self.selection.clone(),
             seed: self.seed,
-            config_json: serde_json::to_string(self).unwrap_or_default(),
+            config_json: serde_json::to_string(&recorded).unwrap_or_default(),
         }
     }
 

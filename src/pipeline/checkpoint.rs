@@ -392,14 +392,19 @@ pub struct Checkpointer {
 impl Checkpointer {
     /// A checkpointer for a run of `cfg` with `per_epoch` super-batches per epoch, whose
     /// trainer is at `step` now. `None` when checkpoints are off.
-    pub fn new(cfg: &PipelineConfig, per_epoch: u64, step: u64) -> Option<Checkpointer> {
+    pub fn new(
+        cfg: &PipelineConfig,
+        dir: PathBuf,
+        per_epoch: u64,
+        step: u64,
+    ) -> Option<Checkpointer> {
         let c = &cfg.checkpoint;
         if !c.enabled || (c.every_steps == 0 && c.every_seconds == 0.0) {
             return None;
         }
         let config = result_config(cfg);
         Some(Checkpointer {
-            dir: c.folder(),
+            dir,
             every_steps: c.every_steps,
             every_seconds: c.every_seconds,
             keep: c.keep.max(1),

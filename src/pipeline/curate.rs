@@ -64,7 +64,7 @@ fn curation(
             "curation writes Parquet: add an `export:` section with `dir:`",
         ));
     };
-    let folder = cfg.checkpoint.folder();
+    let folder = cfg.checkpoint.curation_folder();
     let restored = if resume {
         check_config(cfg, false)?;
         Some(checkpoint::restore(&folder, cfg, true)?)
@@ -98,7 +98,7 @@ fn curation(
     let mut stats = handle.stats.clone();
     stats.push(export_stats.clone());
 
-    let mut checkpointer = Checkpointer::new(cfg, per_epoch, done);
+    let mut checkpointer = Checkpointer::new(cfg, folder.clone(), per_epoch, done);
     let mut exporter = None;
     let written = (|| -> Result<()> {
         let x = exporter.insert(Exporter::new(

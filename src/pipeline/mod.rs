@@ -624,7 +624,7 @@ fn train_run(
     stats.extend(exporter.as_ref().map(|x| x.1.clone()));
     let mut hook = RunHook {
         exporter,
-        checkpointer: Checkpointer::new(cfg, per_epoch, trainer.steps()),
+        checkpointer: Checkpointer::new(cfg, cfg.checkpoint.folder(), per_epoch, trainer.steps()),
         per_epoch,
         loaded: LoaderSummary::default(),
         tally: Acc::new(),
