@@ -30,6 +30,7 @@ use crate::select::learner::{per_sample_loss, LearnerScorer, ReferenceLogits};
 use crate::select::outcome::Acc;
 pub use crate::select::outcome::{RecordMode, SelectionRecord, SelectionStats, SubBatch};
 use crate::select::{Policy, Selection, Selector};
+use crate::source::repeat;
 use crate::stage::{Cancel, Msg, StageStats};
 
 pub mod backbone;
@@ -241,6 +242,7 @@ fn curate(
     .map_err(|e| e.with_sample_ids(&sb.ids))?;
     let ids: Vec<u64> = sel.kept.iter().map(|&i| sb.ids[i]).collect();
     acc.add(&sel, n, &ids, fwd);
+    acc.add_repeats(repeat::repeats(&sb.ids), repeat::repeats(&ids));
     let index = Tensor::f_from_slice(&sel.kept.iter().map(|&i| i as i64).collect::<Vec<_>>())?
         .f_to_device(device)?;
     let labels: Vec<i64> = sel.kept.iter().map(|&i| sb.labels[i]).collect();

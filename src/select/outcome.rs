@@ -101,6 +101,12 @@ pub struct SelectionStats {
     pub selection_over_forward: f64,
     /// FNV-1a digest of every kept id in order: equal digests mean equal selections.
     pub kept_digest: String,
+    /// Samples offered that repeat an original already in their super-batch (`source.repeat`
+    /// copies; 0 without them).
+    pub repeats_in: u64,
+    /// Kept samples that repeat an original already kept from their super-batch: a policy
+    /// that avoids redundancy keeps fewer than uniform sampling's share of `repeats_in`.
+    pub repeats_kept: u64,
     /// The learner-aware policies (`loss`, `rho-loss`, `jest`): how fresh the learner's
     /// weights were when they scored super-batches. For them, `ms_per_forward` is the
     /// learner's and the reference model's forward passes (snapshot waits excluded).
@@ -132,6 +138,10 @@ pub struct Acc {
     sel_s: f64,
     fwd_s: f64,
     digest: u64,
+    #[serde(default)]
+    repeats_in: u64,
+    #[serde(default)]
+    repeats_kept: u64,
 }
 
 impl Acc {
@@ -142,6 +152,11 @@ impl Acc {
             digest: 0xcbf2_9ce4_8422_2325,
             ..Default::default()
         }
+    }
+    /// Counts a super-batch's repeated samples, offered and kept (`source.repeat`).
+    pub(crate) fn add_repeats(&mut self, offered: u64, kept: u64) {
+        self.repeats_in += offered;
+        self.repeats_kept += kept;
     }
     pub(crate) fn add(&mut self, s: &Selection, n_in: usize, ids: &[u64], fwd: f64) {
         self.n += 1;
@@ -192,6 +207,8 @@ impl Acc {
                 0.0
             },
             kept_digest: format!("{:016x}", self.digest),
+            repeats_in: self.repeats_in,
+            repeats_kept: self.repeats_kept,
             learner: None,
             feedback: None,
         }

@@ -42,6 +42,7 @@ pub mod folder;
 pub mod idx;
 pub mod list;
 pub mod parquet;
+pub mod repeat;
 pub mod selection;
 pub mod stream;
 
@@ -137,8 +138,24 @@ impl Split {
 impl Split {
     /// The split a pipeline uses for a training set of `n` samples: the section's
     /// `holdout` and `limit`, and the run's `seed`.
+    ///
+    /// With `source.repeat: k` the training source is [`repeat::Repeated`] (`n` is `k` times
+    /// the distinct samples): the split is drawn over the distinct samples, as without it,
+    /// and the learner's share gets its `k - 1` further copies (`c * n / k + i`); the held-out
+    /// share holds no copy.
     pub fn for_source(n: usize, cfg: &SourceConfig, seed: u64) -> Result<Split> {
-        Split::new(n, cfg.holdout, cfg.limit, seed)
+        let k = cfg.repeat.max(1);
+        // A curated set read back holds the copies its export kept, as they were kept.
+        if k == 1 || cfg.selection.is_some() {
+            return Split::new(n, cfg.holdout, cfg.limit, seed);
+        }
+        let distinct = n / k;
+        let mut split = Split::new(distinct, cfg.holdout, cfg.limit, seed)?;
+        let first = split.learner.clone();
+        for c in 1..k {
+            split.learner.extend(first.iter().map(|i| c * distinct + i));
+        }
+        Ok(split)
     }
 }
 
@@ -163,7 +180,11 @@ impl std::fmt::Debug for DataSet {
 /// With `channels` set, every image is converted to that many channels.
 /// With `selection`, the training split is narrowed to the samples an export selected.
 pub fn open(cfg: &SourceConfig) -> Result<DataSet> {
-    selection::apply(cfg.selection.as_ref(), open_format(cfg)?)
+    let mut data = open_format(cfg)?;
+    if cfg.repeat > 1 {
+        data.train = Arc::new(repeat::Repeated::new(data.train, cfg.repeat));
+    }
+    selection::apply(cfg.selection.as_ref(), data)
 }
 
 fn open_format(cfg: &SourceConfig) -> Result<DataSet> {
@@ -398,6 +419,11 @@ pub struct SourceConfig {
     /// Use at most this many learner samples (after the holdout is taken); for quick runs.
     #[serde(default)]
     pub limit: Option<usize>,
+    /// Every learner sample this many times, each copy with its own id and augmentation: a
+    /// redundant training set for experiments (`source::repeat`; the held-out share and the
+    /// test split are not repeated). Default 1.
+    #[serde(default = "d_repeat", skip_serializing_if = "is_one")]
+    pub repeat: usize,
     /// Evaluate on at most this many test samples (the first ones); for quick runs.
     #[serde(default)]
     pub test_limit: Option<usize>,
@@ -427,6 +453,13 @@ pub struct Limits {
     /// [`Limits::check_tar_entry`]). Default 256 MiB.
     #[serde(default = "d_max_tar_entry_bytes")]
     pub max_tar_entry_bytes: u64,
+}
+
+fn d_repeat() -> usize {
+    1
+}
+fn is_one(k: &usize) -> bool {
+    *k == 1
 }
 
 fn d_max_pixels() -> u64 {
@@ -592,7 +625,13 @@ impl SourceConfig {
             v.check(self.selection.is_none(), "source.selection", || {
                 "cannot narrow a streaming source (it has no random access)".into()
             });
+            v.check(self.repeat <= 1, "source.repeat", || {
+                "cannot repeat a streaming source (it has no random access)".into()
+            });
         }
+        v.check(self.repeat >= 1, "source.repeat", || {
+            "must be at least 1 (1: every sample once)".into()
+        });
         if let Some(c) = self.channels {
             v.check(c == 1 || c == 3, "source.channels", || {
                 format!("must be 1 (grey) or 3 (RGB), got {c}")

@@ -284,3 +284,62 @@ fn curate_with_uniform_summarises_only_what_ran() {
         "{overlap}"
     );
 }
+
+/// Issue 15's redundant variant: `source.repeat` offers every learner sample several times
+/// (the held-out share once), and the report counts the repeats offered and kept.
+#[test]
+fn a_repeated_source_offers_copies_and_counts_the_repeats_kept() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = synthetic_idx(dir.path(), 1000, 100);
+    let cfg = dir.path().join("p.yaml");
+    let report = dir.path().join("report.json");
+    std::fs::write(
+        &cfg,
+        format!(
+            "device: cpu\nsource: {{ idx: {{ dir: {} }}, holdout: 100, limit: 200, repeat: 4 }}\n\
+             superbatch: {{ size: 64 }}\nselection: {{ policy: uniform, keep_ratio: 0.5 }}\n\
+             trainer: {{ epochs: 1 }}\nreport: {{ path: {} }}\n",
+            data.display(),
+            report.display()
+        ),
+    )
+    .unwrap();
+    let o = bin()
+        .arg("curate")
+        .arg(&cfg)
+        .arg("--out")
+        .arg(dir.path().join("out"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(json["data"]["learner_samples"], 800, "{}", json["data"]);
+    assert_eq!(json["data"]["holdout_samples"], 100, "{}", json["data"]);
+    let sel = &json["selection"];
+    let (offered, kept) = (
+        sel["repeats_in"].as_u64().unwrap(),
+        sel["repeats_kept"].as_u64().unwrap(),
+    );
+    // 800 samples in super-batches of 64: a copy often meets another copy of its original.
+    assert!(offered > 20, "{sel}");
+    assert!(kept > 0 && kept < offered, "{sel}");
+    // Without `repeat` nothing repeats.
+    std::fs::write(
+        &cfg,
+        std::fs::read_to_string(&cfg)
+            .unwrap()
+            .replace(", repeat: 4", ""),
+    )
+    .unwrap();
+    let o = bin()
+        .arg("curate")
+        .arg(&cfg)
+        .arg("--out")
+        .arg(dir.path().join("out2"))
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    assert_eq!(json["selection"]["repeats_in"], 0);
+    assert_eq!(json["data"]["learner_samples"], 200);
+}
