@@ -18,6 +18,9 @@
                                        copy the stdout of scripts/bench-stream.sh (NAME
                                        bench-stream) or scripts/mem-loader.sh (mem-loader)
                                        into docs/results/NAME/
+    scripts/figures.py record-grid NAME GRID_OUTPUT [--note TEXT]
+                                       copy an eval grid's folder (results.json/.md, plots,
+                                       runs/, reference/ excluded) into docs/results/NAME/
     scripts/figures.py record-loader OUTPUT.txt [--note TEXT]
                                        copy the stdout of scripts/bench-loader.sh into
                                        docs/results/bench-loader/, with the machine
@@ -433,6 +436,209 @@ def checkpoint_cost():
     )
 
 
+# Issue 15's grids: a ResNet-18 learner, on Fashion-MNIST and on a redundant version of it.
+RESNET = os.path.join(ROOT, "docs", "results", "fashion-mnist-resnet")
+REDUNDANT = os.path.join(ROOT, "docs", "results", "fashion-mnist-resnet-redundant")
+SALN = "saln:quantile"
+
+
+def grid_runs(folder):
+    """{(policy, keep ratio, seed): run report} of a grid folder's completed runs."""
+    out = {}
+    runs = os.path.join(folder, "runs")
+    for name in sorted(os.listdir(runs)):
+        r = load(os.path.join(runs, name))
+        if r.get("status") != "completed":
+            continue
+        sel = r["config"]["selection"]
+        policy = sel["policy"] if sel["policy"] != "saln" else "saln:" + sel["rule"]
+        out[(policy, sel["keep_ratio"], r["config"]["seed"])] = r
+    return out
+
+
+def accuracy_at(report, t, chance=0.1):
+    """The eval's rule: linear between evaluations, from chance at 0 s, final after the end."""
+    prev = (0.0, chance)
+    for e in report["epochs"]:
+        cur = (e["wall_seconds"], e["test_accuracy"])
+        if t <= cur[0]:
+            span = cur[0] - prev[0]
+            f = (t - prev[0]) / span if span > 0 else 1.0
+            return prev[1] + max(0.0, min(1.0, f)) * (cur[1] - prev[1])
+        prev = cur
+    return prev[1]
+
+
+def mean_sd(xs):
+    m = sum(xs) / len(xs)
+    sd = (sum((x - m) ** 2 for x in xs) / (len(xs) - 1)) ** 0.5 if len(xs) > 1 else 0.0
+    return m, sd
+
+
+def grid_budgets(runs):
+    """Three equal-wall-clock budgets: the wall-clock (end of the last evaluation) of
+    uniform at the smallest keep ratio, of uniform at the largest below 1, and of `none`;
+    each is the mean over seeds."""
+    def end(key):
+        xs = [r["epochs"][-1]["wall_seconds"] for k, r in runs.items() if k[:2] == key]
+        return sum(xs) / len(xs)
+
+    ratios = sorted({k[1] for k in runs if k[1] < 1})
+    return [("uniform", ratios[0]), ("uniform", ratios[-1]), ("none", 1)], [
+        end(("uniform", ratios[0])), end(("uniform", ratios[-1])), end(("none", 1))]
+
+
+def grid_table(folder):
+    """Per (keep ratio, policy): final accuracy, wall-clock, times to the targets, and the
+    accuracy at three equal-wall-clock budgets, mean ± sd over seeds."""
+    s = load(os.path.join(folder, "results.json"))
+    runs = grid_runs(folder)
+    who, budgets = grid_budgets(runs)
+    targets = s["target_accuracy"]
+    head = (["keep ratio", "policy", "final accuracy (%)", "wall-clock (s)"]
+            + [f"time to {100 * t:.0f}% (s)" for t in targets]
+            + [f"accuracy at {b:.0f} s (%)" for b in budgets])
+    out = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in s["cells"]:
+        seeds = [p["seed"] for p in c["per_seed"]]
+        at = [mean_sd([accuracy_at(runs[(c["policy"], c["keep_ratio"], k)], b) for k in seeds])
+              for b in budgets]
+        ttt = []
+        for t in c["time_to_target"]:
+            if t["seconds"] is None:
+                ttt.append("not reached")
+            else:
+                v = f"{t['seconds']['mean']:.0f} ± {t['seconds']['sd']:.0f}"
+                ttt.append(v if t["reached"] == t["runs"] else f"{v} ({t['reached']}/{t['runs']})")
+        row = ([f"{c['keep_ratio']:g}", f"`{c['policy']}`", pm(c["final_accuracy"]),
+                f"{c['wall_seconds']['mean']:.0f} ± {c['wall_seconds']['sd']:.0f}"] + ttt
+               + [f"{100 * m:.2f} ± {100 * sd:.2f}" for m, sd in at])
+        out.append("| " + " | ".join(row) + " |")
+    names = ", ".join(f"`{p}` at {r:g}" for p, r in who)
+    return ("\n".join(out) + "\n\n"
+            f"Mean ± sd over {len(s['cells'][0]['per_seed'])} seeds. The three budgets are the "
+            f"mean wall-clock (to the end of the last evaluation) of {names}. Time to a target: "
+            f"wall-clock at the end of the first epoch whose test accuracy reached it, over the "
+            f"seeds that reached it. (`{os.path.relpath(folder, ROOT)}/`: {machine_line(folder)}.)\n")
+
+
+def seed_diffs(folder, base):
+    """{keep ratio: [(seed, at T, final)]}: SALN minus `base`, points, same seed, at the
+    grid's T and at the end."""
+    s = load(os.path.join(folder, "results.json"))
+    by = {(c["policy"], c["keep_ratio"]): {p["seed"]: p for p in c["per_seed"]} for c in s["cells"]}
+    out = {}
+    for (policy, ratio), mine in by.items():
+        other = by.get((base, ratio))
+        if policy != SALN or other is None:
+            continue
+        out[ratio] = [(k, 100 * (mine[k]["accuracy_at_budget"] - other[k]["accuracy_at_budget"]),
+                       100 * (mine[k]["final_accuracy"] - other[k]["final_accuracy"]))
+                      for k in sorted(mine) if k in other]
+    return s["budget_seconds"], out
+
+
+def seed_table(folder, bases):
+    rows, budget = [], None
+    for base in bases:
+        budget, diffs = seed_diffs(folder, base)
+        for ratio in sorted(diffs, reverse=True):
+            d = diffs[ratio]
+            cells = "; ".join(f"s{k}: {a:+.2f} / {f:+.2f}" for k, a, f in d)
+            ahead = sum(a > 0 for _, a, _ in d)
+            rows.append(f"| {ratio:g} | `{base}` | {cells} | {ahead} of {len(d)} |")
+    return ("| keep ratio | SALN minus | per seed: at T / final (points) | SALN ahead at T |\n"
+            "|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
+            f"T = {budget:.1f} s, the wall-clock of the grid's fastest run, the same for every "
+            f"policy; same seed = same split, order, augmentation and initialisation.\n")
+
+
+def verdict(folder, bases):
+    """One sentence per (base, keep ratio): whether SALN beats it at equal wall-clock."""
+    lines = []
+    for base in bases:
+        budget, diffs = seed_diffs(folder, base)
+        for ratio in sorted(diffs, reverse=True):
+            d = diffs[ratio]
+            m, sd = mean_sd([a for _, a, _ in d])
+            ahead = sum(a > 0 for _, a, _ in d)
+            if ahead == len(d):
+                word = "**beats**"
+            elif ahead == 0:
+                word = "**loses to**"
+            else:
+                word = "**ties**"
+            lines.append(f"- keep ratio {ratio:g}: SALN {word} `{base}` at equal wall-clock "
+                         f"({budget:.0f} s): {m:+.2f} ± {sd:.2f} points, ahead in {ahead} of "
+                         f"{len(d)} seeds.")
+    return "\n".join(lines) + "\n"
+
+
+def resnet_table():
+    return grid_table(RESNET)
+
+
+def resnet_seeds():
+    return seed_table(RESNET, ["uniform", "jest"])
+
+
+def resnet_verdict():
+    return verdict(RESNET, ["uniform", "jest"])
+
+
+def redundant_table():
+    return grid_table(REDUNDANT)
+
+
+def redundant_seeds():
+    return seed_table(REDUNDANT, ["uniform"])
+
+
+def redundant_verdict():
+    return verdict(REDUNDANT, ["uniform"])
+
+
+def redundant_repeats():
+    """Share of repeats among the samples offered and kept, per policy (the redundant grid)."""
+    s = load(os.path.join(REDUNDANT, "results.json"))
+    out = ["| keep ratio | policy | repeats offered (%) | repeats kept (%) |", "|---|---|---|---|"]
+    for c in s["cells"]:
+        r = c.get("repeats")
+        if r and c["keep_ratio"] < 1:
+            out.append(f"| {c['keep_ratio']:g} | `{c['policy']}` | {pm(r['offered'])} | {pm(r['kept'])} |")
+    return "\n".join(out) + "\n"
+
+
+def diff_summary(folder, base):
+    """'+1.2 ± 0.8 at 0.5, -0.3 ± 1.1 at 0.25 (ahead in 4 of 6 seed pairs)'."""
+    _, diffs = seed_diffs(folder, base)
+    parts, ahead, n = [], 0, 0
+    for ratio in sorted(diffs, reverse=True):
+        m, sd = mean_sd([a for _, a, _ in diffs[ratio]])
+        parts.append(f"{m:+.1f} ± {sd:.1f} points at keep ratio {ratio:g}")
+        ahead += sum(a > 0 for _, a, _ in diffs[ratio])
+        n += len(diffs[ratio])
+    return f"{', '.join(parts)} (ahead in {ahead} of {n} seed pairs)"
+
+
+def resnet_evidence():
+    """README's summary of docs/results/resnet.md."""
+    s = load(os.path.join(REDUNDANT, "results.json"))
+    ratio = min(c["keep_ratio"] for c in s["cells"])
+    rep = {c["policy"]: c["repeats"]["kept"]["mean"] for c in s["cells"]
+           if c.get("repeats") and c["keep_ratio"] == ratio}
+    return (
+        f"- **With an expensive learner** (a ResNet-18 whose training step costs several hundred "
+        f"times SALN's selection), SALN against uniform subsampling at equal wall-clock: "
+        f"{diff_summary(RESNET, 'uniform')}; against `jest`: {diff_summary(RESNET, 'jest')}.\n"
+        f"- **On redundant data** (every image four times), SALN against uniform: "
+        f"{diff_summary(REDUNDANT, 'uniform')}. At keep ratio {ratio:g} SALN kept "
+        f"{100 * rep.get(SALN, float('nan')):.1f}% repeats, uniform {100 * rep.get('uniform', float('nan')):.1f}%.\n"
+        f"- (`docs/results/resnet.md`: 36 runs, 3 seeds, early training: 1,024 samples, 4 epochs; "
+        f"{machine_line(RESNET, note=False)}.)\n"
+    )
+
+
 GENERATORS = {
     "checkpoint-cost": checkpoint_cost,
     **{name: verbatim(name) for name in VERBATIM},
@@ -448,6 +654,14 @@ GENERATORS = {
     "bench-selection": bench_table,
     "bench-summary": bench_summary,
     "demo-selection-cost": demo_selection_cost,
+    "resnet-table": resnet_table,
+    "resnet-seeds": resnet_seeds,
+    "resnet-verdict": resnet_verdict,
+    "redundant-table": redundant_table,
+    "redundant-seeds": redundant_seeds,
+    "redundant-verdict": redundant_verdict,
+    "redundant-repeats": redundant_repeats,
+    "resnet-evidence": resnet_evidence,
 }
 
 
@@ -581,6 +795,19 @@ def main(argv):
             sys.exit(f"record-output: NAME is one of {', '.join(VERBATIM)}")
         folder = os.path.join(ROOT, "docs", "results", name)
         copy_result(output, folder, "output.txt")
+        write_json(os.path.join(folder, "machine.json"), describe_machine(note))
+        return update(check=False)
+    if argv[0] == "record-grid":
+        note, rest = take_note(argv[1:])
+        name, output = rest
+        folder = os.path.join(ROOT, "docs", "results", name)
+        for d, _, files in os.walk(output):
+            for f in files:
+                if f.endswith((".json", ".md", ".png")):
+                    rel = os.path.relpath(os.path.join(d, f), output)
+                    os.makedirs(os.path.dirname(os.path.join(folder, rel)), exist_ok=True)
+                    with open(os.path.join(d, f), "rb") as src, open(os.path.join(folder, rel), "wb") as dst:
+                        dst.write(src.read())
         write_json(os.path.join(folder, "machine.json"), describe_machine(note))
         return update(check=False)
     if argv[0] == "record-loader":

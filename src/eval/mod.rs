@@ -93,8 +93,10 @@ pub struct GridConfig {
     /// initialisation, random policies).
     #[serde(default = "d_seeds")]
     pub seeds: Vec<u64>,
-    /// Test accuracy (a fraction in (0, 1]) whose wall-clock time the table reports.
-    pub target_accuracy: f64,
+    /// Test accuracies (fractions in (0, 1]) whose wall-clock times the table reports: one
+    /// number or a list (`[0.8, 0.85]`).
+    #[serde(deserialize_with = "one_or_many")]
+    pub target_accuracy: Vec<f64>,
     /// The results folder: `results.md`, `results.json`, `accuracy-r*.png`, `runs/`,
     /// `reference/`.
     pub output: PathBuf,
@@ -102,6 +104,20 @@ pub struct GridConfig {
     /// run of the grid (end of its last evaluation), so every run's curve reaches it.
     #[serde(default)]
     pub budget_seconds: Option<f64>,
+}
+
+/// A number or a list of numbers.
+fn one_or_many<'de, D: serde::Deserializer<'de>>(d: D) -> std::result::Result<Vec<f64>, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum OneOrMany {
+        One(f64),
+        Many(Vec<f64>),
+    }
+    Ok(match OneOrMany::deserialize(d)? {
+        OneOrMany::One(x) => vec![x],
+        OneOrMany::Many(v) => v,
+    })
 }
 
 fn d_keep_ratios() -> Vec<f64> {
@@ -267,10 +283,21 @@ impl EvalConfig {
                 );
             }
         }
-        let t = g.target_accuracy;
-        v.check(t > 0.0 && t <= 1.0, "grid.target_accuracy", || {
-            format!("must be a fraction in (0, 1], got {t}")
-        });
+        v.check(
+            !g.target_accuracy.is_empty(),
+            "grid.target_accuracy",
+            || "must give at least one accuracy".into(),
+        );
+        for (k, &t) in g.target_accuracy.iter().enumerate() {
+            let key = if g.target_accuracy.len() == 1 {
+                "grid.target_accuracy".to_string()
+            } else {
+                format!("grid.target_accuracy[{k}]")
+            };
+            v.check(t > 0.0 && t <= 1.0, &key, || {
+                format!("must be a fraction in (0, 1], got {t}")
+            });
+        }
         if let Some(b) = g.budget_seconds {
             v.check(b > 0.0 && b.is_finite(), "grid.budget_seconds", || {
                 format!("must be positive, got {b}")

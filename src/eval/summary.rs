@@ -65,6 +65,18 @@ pub struct SelectionView {
     /// Staleness figures (learner-aware policies).
     #[serde(default)]
     pub learner: Option<LearnerStats>,
+    /// Samples offered to the selector.
+    #[serde(default)]
+    pub samples_in: u64,
+    /// Samples kept.
+    #[serde(default)]
+    pub samples_kept: u64,
+    /// Offered samples repeating an original of their super-batch (`source.repeat`).
+    #[serde(default)]
+    pub repeats_in: u64,
+    /// Kept samples repeating an original kept from their super-batch.
+    #[serde(default)]
+    pub repeats_kept: u64,
 }
 
 impl RunRecord {
@@ -148,15 +160,37 @@ impl Stat {
     }
 }
 
-/// Time to the target accuracy of a cell.
+/// Time to one target accuracy, over a cell's runs.
 #[derive(Debug, Clone, Serialize)]
 pub struct TargetStat {
+    /// The target accuracy (a fraction).
+    pub target: f64,
     /// Runs that reached it.
     pub reached: usize,
     /// Runs in the cell.
     pub runs: usize,
     /// Seconds, over the runs that reached it.
     pub seconds: Option<Stat>,
+}
+
+/// One run of a cell.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct SeedPoint {
+    /// The run's seed.
+    pub seed: u64,
+    /// Its final test accuracy.
+    pub final_accuracy: f64,
+    /// Its accuracy at the equal-wall-clock budget.
+    pub accuracy_at_budget: f64,
+}
+
+/// How many repeated samples (`source.repeat`) a cell's runs were offered and kept.
+#[derive(Debug, Clone, Copy, Serialize)]
+pub struct RepeatStat {
+    /// Repeats among the samples offered (a fraction): what keeping at random would keep.
+    pub offered: Stat,
+    /// Repeats among the samples kept (a fraction).
+    pub kept: Stat,
 }
 
 /// Staleness of the scoring weights, over a cell's runs.
@@ -187,8 +221,8 @@ pub struct Cell {
     pub wall_seconds: Stat,
     /// Seconds of scoring and selection.
     pub selection_seconds: Stat,
-    /// Time to the target accuracy.
-    pub time_to_target: TargetStat,
+    /// Time to each target accuracy, in `grid.target_accuracy`'s order.
+    pub time_to_target: Vec<TargetStat>,
     /// Accuracy at the equal-wall-clock budget.
     pub accuracy_at_budget: Stat,
     /// Runs whose accuracy at the budget came from before their first evaluation.
@@ -196,6 +230,11 @@ pub struct Cell {
     /// Runs that had finished training before T: their accuracy at T is their final one
     /// (they stopped; given the budget, they could have trained on).
     pub budget_after_last_evaluation: usize,
+    /// Each run's seed, final accuracy and accuracy at the budget, by seed.
+    pub per_seed: Vec<SeedPoint>,
+    /// With `source.repeat`: the share of repeats among the offered and the kept samples.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repeats: Option<RepeatStat>,
     /// Per-epoch mean test accuracy (epochs every run of the cell has).
     pub accuracy_by_epoch: Vec<f64>,
     /// Per-epoch mean wall-clock seconds.
@@ -216,7 +255,7 @@ pub struct Summary {
     /// Runs that failed now, with the error.
     pub failed: Vec<(String, String)>,
     /// `grid.target_accuracy`.
-    pub target_accuracy: f64,
+    pub target_accuracy: Vec<f64>,
     /// The equal-wall-clock budget, seconds.
     pub budget_seconds: f64,
     /// Where it comes from: `grid.budget_seconds` or the fastest run's name.
@@ -263,7 +302,7 @@ pub fn summarize(
         }
     }
     keys.sort_by(|a, b| b.0.total_cmp(&a.0).then(a.1.cmp(&b.1)));
-    let target = cfg.grid.target_accuracy;
+    let targets = &cfg.grid.target_accuracy;
     let mut cells = Vec::new();
     for (ratio, _, policy) in keys {
         let mine: Vec<&(&RunSpec, RunRecord)> = records
@@ -276,9 +315,20 @@ pub fn summarize(
         let collect = |f: &dyn Fn(&RunRecord) -> f64| -> Vec<f64> {
             mine.iter().map(|(_, rec)| f(rec)).collect()
         };
-        let reached: Vec<f64> = mine
+        let time_to_target = targets
             .iter()
-            .filter_map(|(_, rec)| rec.time_to(target))
+            .map(|&target| {
+                let reached: Vec<f64> = mine
+                    .iter()
+                    .filter_map(|(_, rec)| rec.time_to(target))
+                    .collect();
+                TargetStat {
+                    target,
+                    reached: reached.len(),
+                    runs: mine.len(),
+                    seconds: (!reached.is_empty()).then(|| Stat::of(&reached)),
+                }
+            })
             .collect();
         let at_budget: Vec<(f64, bool)> = mine
             .iter()
@@ -313,6 +363,28 @@ pub fn summarize(
                 wait_seconds: learner.iter().map(|l| l.wait_seconds).sum::<f64>() / n,
             }
         });
+        let mut per_seed: Vec<SeedPoint> = mine
+            .iter()
+            .zip(&at_budget)
+            .map(|((r, rec), a)| SeedPoint {
+                seed: r.seed,
+                final_accuracy: rec.final_test_accuracy.unwrap_or(f64::NAN),
+                accuracy_at_budget: a.0,
+            })
+            .collect();
+        per_seed.sort_by_key(|p| p.seed);
+        let share = |part: u64, whole: u64| part as f64 / whole.max(1) as f64;
+        let repeats = mine
+            .iter()
+            .any(|(_, rec)| rec.selection.repeats_in > 0)
+            .then(|| RepeatStat {
+                offered: Stat::of(&collect(&|r| {
+                    share(r.selection.repeats_in, r.selection.samples_in)
+                })),
+                kept: Stat::of(&collect(&|r| {
+                    share(r.selection.repeats_kept, r.selection.samples_kept)
+                })),
+            });
         cells.push(Cell {
             policy: policy.to_string(),
             keep_ratio: ratio,
@@ -320,17 +392,15 @@ pub fn summarize(
             final_accuracy: Stat::of(&collect(&|r| r.final_test_accuracy.unwrap_or(f64::NAN))),
             wall_seconds: Stat::of(&collect(&|r| r.wall_seconds)),
             selection_seconds: Stat::of(&collect(&RunRecord::selection_seconds)),
-            time_to_target: TargetStat {
-                reached: reached.len(),
-                runs: mine.len(),
-                seconds: (!reached.is_empty()).then(|| Stat::of(&reached)),
-            },
+            time_to_target,
             accuracy_at_budget: Stat::of(&at_budget.iter().map(|a| a.0).collect::<Vec<_>>()),
             budget_before_first_evaluation: at_budget.iter().filter(|a| a.1).count(),
             budget_after_last_evaluation: mine
                 .iter()
                 .filter(|(_, rec)| rec.curve_end() < budget)
                 .count(),
+            per_seed,
+            repeats,
             accuracy_by_epoch: per_epoch(&|e| e.test_accuracy),
             seconds_by_epoch: per_epoch(&|e| e.wall_seconds),
             staleness,
@@ -341,7 +411,7 @@ pub fn summarize(
         runs_completed: records.len(),
         runs_missing: missing,
         failed: failed.to_vec(),
-        target_accuracy: target,
+        target_accuracy: targets.clone(),
         budget_seconds: budget,
         budget_from,
         chance,
@@ -366,12 +436,37 @@ fn list<T: std::fmt::Display>(xs: &[T]) -> String {
         .join(", ")
 }
 
+/// What the learner of pipeline `p` is, in words (`ResNet-18 (small stem)`, `CNN conv 16/32
+/// hidden 64`).
+fn learner_text(p: &crate::config::PipelineConfig) -> String {
+    let t = &p.trainer;
+    let name = |v: Option<serde_json::Value>| {
+        v.and_then(|v| v.as_str().map(str::to_string))
+            .unwrap_or_else(|| "?".into())
+    };
+    match name(serde_json::to_value(t.model).ok()).as_str() {
+        "resnet" => t.resnet.as_ref().map_or("ResNet".into(), |r| {
+            format!(
+                "{} ({} stem)",
+                name(serde_json::to_value(r.arch).ok()),
+                name(serde_json::to_value(r.stem).ok())
+            )
+        }),
+        "torchscript" => t.torchscript.as_ref().map_or("TorchScript".into(), |m| {
+            format!("TorchScript `{}`", m.path.display())
+        }),
+        _ => format!(
+            "CNN conv {}/{} hidden {}",
+            t.arch.conv1, t.arch.conv2, t.arch.hidden
+        ),
+    }
+}
+
 /// The Markdown report.
 pub fn markdown(cfg: &EvalConfig, s: &Summary) -> String {
     let g = &cfg.grid;
     let p = &cfg.pipeline;
     let mut md = String::new();
-    let target = 100.0 * s.target_accuracy;
     md.push_str("# SALN evaluation: accuracy per second\n\n");
     if s.runs_completed < s.runs_in_grid {
         md.push_str(&format!(
@@ -381,39 +476,68 @@ pub fn markdown(cfg: &EvalConfig, s: &Summary) -> String {
             list(&s.runs_missing)
         ));
     }
+    let repeat = if p.source.repeat > 1 {
+        format!(
+            ", every learner sample {} times (`source.repeat`)",
+            p.source.repeat
+        )
+    } else {
+        String::new()
+    };
     md.push_str(&format!(
         "Grid: policies {}; keep ratios {}; seeds {} ({} runs; `none` runs at ratio 1 only, \
          where every policy would keep everything). Pipeline: super-batches of {}, {} epochs, \
-         learner CNN conv {}/{} hidden {}, `source.limit` {}, hold-out {}, device `{}`.\n\n",
+         learner {}, `source.limit` {}{repeat}, hold-out {}, device `{}`.\n\n",
         list(&g.policies),
         list(&g.keep_ratios),
         list(&g.seeds),
         s.runs_in_grid,
         p.superbatch.size,
         p.trainer.epochs,
-        p.trainer.arch.conv1,
-        p.trainer.arch.conv2,
-        p.trainer.arch.hidden,
+        learner_text(p),
         p.source.limit.map_or("none".into(), |l| l.to_string()),
         p.source.holdout,
         p.device,
     ));
+    let targets: Vec<String> = s
+        .target_accuracy
+        .iter()
+        .map(|t| format!("{:.2}%", 100.0 * t))
+        .collect();
     md.push_str(&format!(
-        "Equal-wall-clock budget **T = {:.1} s** ({}). Target accuracy {:.2}%.\n\n",
-        s.budget_seconds, s.budget_from, target
+        "Equal-wall-clock budget **T = {:.1} s** ({}). Target {} {}.\n\n",
+        s.budget_seconds,
+        s.budget_from,
+        if targets.len() == 1 {
+            "accuracy"
+        } else {
+            "accuracies"
+        },
+        targets.join(" and ")
     ));
+    let ttt_heads: String = targets
+        .iter()
+        .map(|t| format!(" time to {t} (s) |"))
+        .collect();
     md.push_str(&format!(
         "| keep ratio | policy | runs | final test accuracy (%) | wall-clock (s) | selection (s) \
-         | time to {target:.2}% (s) | accuracy at T (%) | staleness (steps, mean / max) |\n"
+         |{ttt_heads} accuracy at T (%) | staleness (steps, mean / max) |\n"
     ));
-    md.push_str("|---|---|---|---|---|---|---|---|---|\n");
+    md.push_str(&format!(
+        "|---|---|---|---|---|---|{}---|---|\n",
+        "---|".repeat(targets.len())
+    ));
     let (mut dagger, mut double_dagger) = (false, false);
     for c in &s.cells {
-        let ttt = match (&c.time_to_target.seconds, c.time_to_target.reached) {
-            (None, _) => "not reached".to_string(),
-            (Some(t), r) if r == c.time_to_target.runs => secs(*t),
-            (Some(t), r) => format!("{} ({r}/{} reached)", secs(*t), c.time_to_target.runs),
-        };
+        let ttt: String = c
+            .time_to_target
+            .iter()
+            .map(|tt| match (&tt.seconds, tt.reached) {
+                (None, _) => " not reached |".to_string(),
+                (Some(t), r) if r == tt.runs => format!(" {} |", secs(*t)),
+                (Some(t), r) => format!(" {} ({r}/{} reached) |", secs(*t), tt.runs),
+            })
+            .collect();
         let mut mark = String::new();
         if c.budget_before_first_evaluation > 0 {
             dagger = true;
@@ -427,7 +551,7 @@ pub fn markdown(cfg: &EvalConfig, s: &Summary) -> String {
             format!("{:.1} / {}", st.mean, st.max)
         });
         md.push_str(&format!(
-            "| {} | {} | {} | {} | {} | {:.1} | {} | {}{} | {} |\n",
+            "| {} | {} | {} | {} | {} | {:.1} |{} {}{} | {} |\n",
             c.keep_ratio,
             c.policy,
             c.runs.len(),
@@ -462,6 +586,27 @@ pub fn markdown(cfg: &EvalConfig, s: &Summary) -> String {
              with runs given more epochs (docs/results/README.md does).\n",
         );
     }
+    md.push_str(&seed_by_seed(s));
+    if s.cells.iter().any(|c| c.repeats.is_some()) {
+        md.push_str(
+            "\n## Repeats kept\n\nShare of the samples that repeat an original already in the \
+             same super-batch (offered) or already kept from it (kept), mean ± sd over seeds. \
+             Keeping at random keeps fewer repeats than are offered (a sub-batch holds fewer \
+             chances to meet a copy); a policy that avoids redundancy keeps fewer still.\n\n\
+             | keep ratio | policy | offered (%) | kept (%) |\n|---|---|---|---|\n",
+        );
+        for c in &s.cells {
+            if let Some(r) = c.repeats {
+                md.push_str(&format!(
+                    "| {} | {} | {} | {} |\n",
+                    c.keep_ratio,
+                    c.policy,
+                    pct(r.offered),
+                    pct(r.kept)
+                ));
+            }
+        }
+    }
     if !s.failed.is_empty() {
         md.push_str("\n## Failed runs\n\n");
         for (name, e) in &s.failed {
@@ -473,6 +618,64 @@ pub fn markdown(cfg: &EvalConfig, s: &Summary) -> String {
          seconds, one line per policy (mean over seeds), `none` dashed for reference. Per-run \
          reports: `runs/*.json`.\n",
     );
+    md
+}
+
+/// Seed-by-seed differences of each `saln` policy against `uniform` and `jest` at the same
+/// keep ratio: accuracy at T and final accuracy, in points, one column per seed the two
+/// cells share. Empty when the grid has no such pair.
+fn seed_by_seed(s: &Summary) -> String {
+    let mut md = String::new();
+    for base in ["uniform", "jest"] {
+        let mut rows = Vec::new();
+        for c in s.cells.iter().filter(|c| c.policy.starts_with("saln")) {
+            let Some(b) = s
+                .cells
+                .iter()
+                .find(|b| b.policy == base && b.keep_ratio == c.keep_ratio)
+            else {
+                continue;
+            };
+            let pairs: Vec<(u64, f64, f64)> = c
+                .per_seed
+                .iter()
+                .filter_map(|p| {
+                    let q = b.per_seed.iter().find(|q| q.seed == p.seed)?;
+                    Some((
+                        p.seed,
+                        100.0 * (p.accuracy_at_budget - q.accuracy_at_budget),
+                        100.0 * (p.final_accuracy - q.final_accuracy),
+                    ))
+                })
+                .collect();
+            if !pairs.is_empty() {
+                rows.push((c, pairs));
+            }
+        }
+        if rows.is_empty() {
+            continue;
+        }
+        md.push_str(&format!(
+            "\n## Seed by seed: SALN minus `{base}`\n\nPoints of test accuracy, same seed (same \
+             split, order and augmentation): at T / at the end of training. Positive: SALN \
+             ahead.\n\n| keep ratio | policy | per seed (at T / final) | ahead at T |\n\
+             |---|---|---|---|\n"
+        ));
+        for (c, pairs) in rows {
+            let cells: Vec<String> = pairs
+                .iter()
+                .map(|(seed, at, fin)| format!("s{seed}: {at:+.2} / {fin:+.2}"))
+                .collect();
+            let ahead = pairs.iter().filter(|p| p.1 > 0.0).count();
+            md.push_str(&format!(
+                "| {} | {} | {} | {ahead} of {} |\n",
+                c.keep_ratio,
+                c.policy,
+                cells.join("; "),
+                pairs.len()
+            ));
+        }
+    }
     md
 }
 
@@ -591,6 +794,10 @@ mod tests {
                 ms_per_selection: 2.0,
                 ms_per_forward: 8.0,
                 learner: None,
+                samples_in: 0,
+                samples_kept: 0,
+                repeats_in: 0,
+                repeats_kept: 0,
             },
         }
     }
