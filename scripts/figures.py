@@ -522,56 +522,57 @@ def grid_table(folder):
             f"seeds that reached it. (`{os.path.relpath(folder, ROOT)}/`: {machine_line(folder)}.)\n")
 
 
+def ratio_budget(runs, ratio):
+    """The equal-wall-clock budget of a keep ratio: uniform's mean wall-clock there (to the
+    end of its last evaluation), the time the free baseline needs for its epochs."""
+    xs = [r["epochs"][-1]["wall_seconds"] for k, r in runs.items() if k[:2] == ("uniform", ratio)]
+    return sum(xs) / len(xs)
+
+
 def seed_diffs(folder, base):
-    """{keep ratio: [(seed, at T, final)]}: SALN minus `base`, points, same seed, at the
-    grid's T and at the end."""
-    s = load(os.path.join(folder, "results.json"))
-    by = {(c["policy"], c["keep_ratio"]): {p["seed"]: p for p in c["per_seed"]} for c in s["cells"]}
+    """{keep ratio: (budget, [(seed, at budget, final)])}: SALN minus `base`, points, same
+    seed, at the ratio's budget (`ratio_budget`) and at the end of training."""
+    runs = grid_runs(folder)
     out = {}
-    for (policy, ratio), mine in by.items():
-        other = by.get((base, ratio))
-        if policy != SALN or other is None:
+    for ratio in sorted({k[1] for k in runs if k[0] == SALN}, reverse=True):
+        seeds = sorted(k[2] for k in runs if k[:2] == (SALN, ratio) and (base, ratio, k[2]) in runs)
+        if not seeds:
             continue
-        out[ratio] = [(k, 100 * (mine[k]["accuracy_at_budget"] - other[k]["accuracy_at_budget"]),
-                       100 * (mine[k]["final_accuracy"] - other[k]["final_accuracy"]))
-                      for k in sorted(mine) if k in other]
-    return s["budget_seconds"], out
+        t = ratio_budget(runs, ratio)
+        diff = lambda k, f: 100 * (f(runs[(SALN, ratio, k)]) - f(runs[(base, ratio, k)]))
+        out[ratio] = (t, [(k, diff(k, lambda r: accuracy_at(r, t)),
+                           diff(k, lambda r: r["final_test_accuracy"])) for k in seeds])
+    return out
 
 
 def seed_table(folder, bases):
-    rows, budget = [], None
+    rows = []
     for base in bases:
-        budget, diffs = seed_diffs(folder, base)
-        for ratio in sorted(diffs, reverse=True):
-            d = diffs[ratio]
+        for ratio, (t, d) in seed_diffs(folder, base).items():
             cells = "; ".join(f"s{k}: {a:+.2f} / {f:+.2f}" for k, a, f in d)
             ahead = sum(a > 0 for _, a, _ in d)
-            rows.append(f"| {ratio:g} | `{base}` | {cells} | {ahead} of {len(d)} |")
-    return ("| keep ratio | SALN minus | per seed: at T / final (points) | SALN ahead at T |\n"
-            "|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
-            f"T = {budget:.1f} s, the wall-clock of the grid's fastest run, the same for every "
-            f"policy; same seed = same split, order, augmentation and initialisation.\n")
+            rows.append(f"| {ratio:g} | `{base}` | {t:.0f} s | {cells} | {ahead} of {len(d)} |")
+    return ("| keep ratio | SALN minus | T | per seed: at T / final (points) | SALN ahead at T |\n"
+            "|---|---|---|---|---|\n" + "\n".join(rows) + "\n\n"
+            "T is `uniform`'s mean wall-clock at that keep ratio: the time the free baseline "
+            "needs for its 4 epochs. Same seed = same split, order, augmentation and "
+            "initialisation.\n")
 
 
 def verdict(folder, bases):
-    """One sentence per (base, keep ratio): whether SALN beats it at equal wall-clock."""
+    """One line per (base, keep ratio): whether SALN beats it at equal wall-clock (ahead in
+    every seed), loses (behind in every seed) or ties (mixed signs)."""
     lines = []
     for base in bases:
-        budget, diffs = seed_diffs(folder, base)
-        for ratio in sorted(diffs, reverse=True):
-            d = diffs[ratio]
+        for ratio, (t, d) in seed_diffs(folder, base).items():
             m, sd = mean_sd([a for _, a, _ in d])
             ahead = sum(a > 0 for _, a, _ in d)
-            if ahead == len(d):
-                word = "**beats**"
-            elif ahead == 0:
-                word = "**loses to**"
-            else:
-                word = "**ties**"
+            word = "**beats**" if ahead == len(d) else "**loses to**" if ahead == 0 else "**ties**"
             lines.append(f"- keep ratio {ratio:g}: SALN {word} `{base}` at equal wall-clock "
-                         f"({budget:.0f} s): {m:+.2f} ± {sd:.2f} points, ahead in {ahead} of "
+                         f"({t:.0f} s): {m:+.2f} ± {sd:.2f} points, ahead in {ahead} of "
                          f"{len(d)} seeds.")
-    return "\n".join(lines) + "\n"
+    return ("\n".join(lines) + "\n\n(beats: ahead in every seed; loses: behind in every seed; "
+            "ties: the sign changes from seed to seed.)\n")
 
 
 def resnet_table():
@@ -611,13 +612,12 @@ def redundant_repeats():
 
 def diff_summary(folder, base):
     """'+1.2 ± 0.8 at 0.5, -0.3 ± 1.1 at 0.25 (ahead in 4 of 6 seed pairs)'."""
-    _, diffs = seed_diffs(folder, base)
     parts, ahead, n = [], 0, 0
-    for ratio in sorted(diffs, reverse=True):
-        m, sd = mean_sd([a for _, a, _ in diffs[ratio]])
+    for ratio, (_, d) in seed_diffs(folder, base).items():
+        m, sd = mean_sd([a for _, a, _ in d])
         parts.append(f"{m:+.1f} ± {sd:.1f} points at keep ratio {ratio:g}")
-        ahead += sum(a > 0 for _, a, _ in diffs[ratio])
-        n += len(diffs[ratio])
+        ahead += sum(a > 0 for _, a, _ in d)
+        n += len(d)
     return f"{', '.join(parts)} (ahead in {ahead} of {n} seed pairs)"
 
 
@@ -628,14 +628,68 @@ def resnet_evidence():
     rep = {c["policy"]: c["repeats"]["kept"]["mean"] for c in s["cells"]
            if c.get("repeats") and c["keep_ratio"] == ratio}
     return (
-        f"- **With an expensive learner** (a ResNet-18 whose training step costs several hundred "
-        f"times SALN's selection), SALN against uniform subsampling at equal wall-clock: "
+        f"- **With an expensive learner** (a ResNet-18 whose training step costs about "
+        f"{resnet_cost_ratio():.0f} times SALN's selection), SALN against uniform subsampling at "
+        f"equal wall-clock: "
         f"{diff_summary(RESNET, 'uniform')}; against `jest`: {diff_summary(RESNET, 'jest')}.\n"
         f"- **On redundant data** (every image four times), SALN against uniform: "
         f"{diff_summary(REDUNDANT, 'uniform')}. At keep ratio {ratio:g} SALN kept "
         f"{100 * rep.get(SALN, float('nan')):.1f}% repeats, uniform {100 * rep.get('uniform', float('nan')):.1f}%.\n"
         f"- (`docs/results/resnet.md`: 36 runs, 3 seeds, early training: 1,024 samples, 4 epochs; "
         f"{machine_line(RESNET, note=False)}.)\n"
+    )
+
+
+def resnet_vs_none():
+    """SALN and uniform at keep ratio 0.5 against training on everything, in time."""
+    runs = grid_runs(RESNET)
+    t = ratio_budget(runs, 0.5)
+
+    def cell(policy, ratio, f):
+        return mean_sd([f(r) for k, r in runs.items() if k[:2] == (policy, ratio)])
+
+    end = lambda r: r["final_test_accuracy"]
+    wall = lambda r: r["epochs"][-1]["wall_seconds"]
+    (sa, ssd), (ua, usd) = cell(SALN, 0.5, end), cell("uniform", 0.5, end)
+    (na, nsd), (nw, _) = cell("none", 1, end), cell("none", 1, wall)
+    (nt, ntsd) = cell("none", 1, lambda r: accuracy_at(r, t))
+    return (
+        f"Against training on everything: at keep ratio 0.5, SALN ends its 4 epochs at "
+        f"{100 * sa:.1f} ± {100 * ssd:.1f}% after {t:.0f} s, uniform at {100 * ua:.1f} ± "
+        f"{100 * usd:.1f}%; `none` needs {nw:.0f} s for its 4 epochs and ends at {100 * na:.1f} ± "
+        f"{100 * nsd:.1f}%, and was at {100 * nt:.1f} ± {100 * ntsd:.1f}% after {t:.0f} s.\n"
+    )
+
+
+def resnet_cost_figures():
+    """(ms per image trained by `none`, SALN's ms per image, jest's ms per image, super-batch
+    size, SALN's ms per super-batch) from the seed-0 reports of the ResNet grid."""
+    runs = grid_runs(RESNET)
+    none, saln, jest = runs[("none", 1, 0)], runs[(SALN, 0.5, 0)], runs[("jest", 0.5, 0)]
+    busy = next(x for x in none["stages"] if x["stage"] == "train")["busy_seconds"]
+    images = sum(e["images_trained"] for e in none["epochs"])
+    b = saln["config"]["superbatch"]["size"]
+    per_sb = lambda st: st["ms_per_forward"] + st["ms_per_selection"]
+    return 1000 * busy / images, per_sb(saln["selection"]) / b, per_sb(jest["selection"]) / b, b, per_sb(saln["selection"])
+
+
+def resnet_cost_ratio():
+    step, saln, *_ = resnet_cost_figures()
+    return step / saln
+
+
+def resnet_cost():
+    """The regime: a ResNet-18 training step per image against SALN's and jest's selection
+    cost per image, from the seed-0 run reports of the ResNet grid."""
+    step, s_cost, j_cost, b, per_sb = resnet_cost_figures()
+    return (
+        f"**The regime**, from the seed-0 reports: `none`'s train stage spends {step:.0f} ms per "
+        f"image trained (a ResNet-18 step, plus its share of the test evaluations); SALN's "
+        f"reference forward pass and selection cost {per_sb:.1f} ms "
+        f"per super-batch of {b}, {s_cost:.2f} ms per image, so a training step costs about "
+        f"{step / s_cost:.0f} times SALN's selection, far past the 10x the question needs. `jest` "
+        f"scores every candidate with the learner itself, a ResNet-18 forward pass: "
+        f"{j_cost:.1f} ms per image, on the extract stage's core.\n"
     )
 
 
@@ -662,6 +716,8 @@ GENERATORS = {
     "redundant-verdict": redundant_verdict,
     "redundant-repeats": redundant_repeats,
     "resnet-evidence": resnet_evidence,
+    "resnet-vs-none": resnet_vs_none,
+    "resnet-cost": resnet_cost,
 }
 
 

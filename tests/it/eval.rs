@@ -301,6 +301,16 @@ fn the_committed_grids_resume_with_zero_runs_to_do() {
             "docs/results/fashion-mnist-uniform-8-epochs",
             9,
         ),
+        (
+            "pipelines/eval-fashion-mnist-resnet.yaml",
+            "docs/results/fashion-mnist-resnet",
+            21,
+        ),
+        (
+            "pipelines/eval-fashion-mnist-resnet-redundant.yaml",
+            "docs/results/fashion-mnist-resnet-redundant",
+            15,
+        ),
     ] {
         let mut cfg = saln::eval::EvalConfig::load(&root.join(yaml)).unwrap();
         cfg.grid.output = root.join(folder);
