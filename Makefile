@@ -32,7 +32,7 @@ eval: build
 	$(BIN) eval $(EVAL)
 
 # Issue 15's grids: a ResNet-18 learner (docs/learners.md), on Fashion-MNIST and on a
-# redundant version of it (every image 4 times); about an hour on 2 cores, resumable.
+# redundant version of it (every image 4 times); about 72 minutes on 2 cores, resumable.
 eval-resnet: build
 	$(BIN) eval pipelines/eval-fashion-mnist-resnet.yaml
 	$(BIN) eval pipelines/eval-fashion-mnist-resnet-redundant.yaml

@@ -592,11 +592,11 @@ def redundant_table():
 
 
 def redundant_seeds():
-    return seed_table(REDUNDANT, ["uniform"])
+    return seed_table(REDUNDANT, ["uniform", "jest"])
 
 
 def redundant_verdict():
-    return verdict(REDUNDANT, ["uniform"])
+    return verdict(REDUNDANT, ["uniform", "jest"])
 
 
 def redundant_repeats():
@@ -633,9 +633,10 @@ def resnet_evidence():
         f"equal wall-clock: "
         f"{diff_summary(RESNET, 'uniform')}; against `jest`: {diff_summary(RESNET, 'jest')}.\n"
         f"- **On redundant data** (every image four times), SALN against uniform: "
-        f"{diff_summary(REDUNDANT, 'uniform')}. At keep ratio {ratio:g} SALN kept "
+        f"{diff_summary(REDUNDANT, 'uniform')}; against `jest`: "
+        f"{diff_summary(REDUNDANT, 'jest')}. At keep ratio {ratio:g} SALN kept "
         f"{100 * rep.get(SALN, float('nan')):.1f}% repeats, uniform {100 * rep.get('uniform', float('nan')):.1f}%.\n"
-        f"- (`docs/results/resnet.md`: 36 runs, 3 seeds, early training: 1,024 samples, 4 epochs; "
+        f"- (`docs/results/resnet.md`: 42 runs, 3 seeds, early training: 1,024 samples, 4 epochs; "
         f"{machine_line(RESNET, note=False)}.)\n"
     )
 

@@ -309,7 +309,7 @@ fn the_committed_grids_resume_with_zero_runs_to_do() {
         (
             "pipelines/eval-fashion-mnist-resnet-redundant.yaml",
             "docs/results/fashion-mnist-resnet-redundant",
-            15,
+            21,
         ),
     ] {
         let mut cfg = saln::eval::EvalConfig::load(&root.join(yaml)).unwrap();
