@@ -40,6 +40,8 @@ from (the `machine.json` written beside the results when they were recorded). On
 standard library is used.
 """
 import difflib
+import functools
+import importlib.util
 import json
 import os
 import platform
@@ -440,10 +442,13 @@ def checkpoint_cost():
 RESNET = os.path.join(ROOT, "docs", "results", "fashion-mnist-resnet")
 REDUNDANT = os.path.join(ROOT, "docs", "results", "fashion-mnist-resnet-redundant")
 SALN = "saln:quantile"
+BASELINES = ["uniform", "jest"]  # what SALN is compared with, seed by seed
 
 
+@functools.lru_cache(maxsize=None)
 def grid_runs(folder):
-    """{(policy, keep ratio, seed): run report} of a grid folder's completed runs."""
+    """{(policy, keep ratio, seed): run report} of a grid folder's completed runs (read once
+    per folder: every block of the ResNet page reads them)."""
     out = {}
     runs = os.path.join(folder, "runs")
     for name in sorted(os.listdir(runs)):
@@ -456,17 +461,21 @@ def grid_runs(folder):
     return out
 
 
-def accuracy_at(report, t, chance=0.1):
-    """The eval's rule: linear between evaluations, from chance at 0 s, final after the end."""
-    prev = (0.0, chance)
-    for e in report["epochs"]:
-        cur = (e["wall_seconds"], e["test_accuracy"])
-        if t <= cur[0]:
-            span = cur[0] - prev[0]
-            f = (t - prev[0]) / span if span > 0 else 1.0
-            return prev[1] + max(0.0, min(1.0, f)) * (cur[1] - prev[1])
-        prev = cur
-    return prev[1]
+def _load_eval_budgets():
+    spec = importlib.util.spec_from_file_location(
+        "eval_budgets", os.path.join(ROOT, "scripts", "eval-budgets.py"))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+EVAL_BUDGETS = _load_eval_budgets()
+
+
+def accuracy_at(report, t):
+    """The eval's rule (scripts/eval-budgets.py): linear between evaluations, from chance at
+    0 s, the final accuracy after the end."""
+    return EVAL_BUDGETS.at(EVAL_BUDGETS.curve(report), t)[0]
 
 
 def mean_sd(xs):
@@ -475,17 +484,18 @@ def mean_sd(xs):
     return m, sd
 
 
-def grid_budgets(runs):
-    """Three equal-wall-clock budgets: the wall-clock (end of the last evaluation) of
-    uniform at the smallest keep ratio, of uniform at the largest below 1, and of `none`;
-    each is the mean over seeds."""
-    def end(key):
-        xs = [r["epochs"][-1]["wall_seconds"] for k, r in runs.items() if k[:2] == key]
-        return sum(xs) / len(xs)
+def mean_end(runs, policy, ratio):
+    """Mean over seeds of the wall-clock at the end of the last evaluation of a cell."""
+    return mean_sd([r["epochs"][-1]["wall_seconds"] for k, r in runs.items()
+                    if k[:2] == (policy, ratio)])[0]
 
+
+def grid_budgets(runs):
+    """Three equal-wall-clock budgets: the mean wall-clock of uniform at the smallest keep
+    ratio, of uniform at the largest below 1, and of `none`."""
     ratios = sorted({k[1] for k in runs if k[1] < 1})
-    return [("uniform", ratios[0]), ("uniform", ratios[-1]), ("none", 1)], [
-        end(("uniform", ratios[0])), end(("uniform", ratios[-1])), end(("none", 1))]
+    who = [("uniform", ratios[0]), ("uniform", ratios[-1]), ("none", 1)]
+    return who, [mean_end(runs, p, r) for p, r in who]
 
 
 def grid_table(folder):
@@ -525,8 +535,7 @@ def grid_table(folder):
 def ratio_budget(runs, ratio):
     """The equal-wall-clock budget of a keep ratio: uniform's mean wall-clock there (to the
     end of its last evaluation), the time the free baseline needs for its epochs."""
-    xs = [r["epochs"][-1]["wall_seconds"] for k, r in runs.items() if k[:2] == ("uniform", ratio)]
-    return sum(xs) / len(xs)
+    return mean_end(runs, "uniform", ratio)
 
 
 def seed_diffs(folder, base):
@@ -573,30 +582,6 @@ def verdict(folder, bases):
                          f"{len(d)} seeds.")
     return ("\n".join(lines) + "\n\n(beats: ahead in every seed; loses: behind in every seed; "
             "ties: the sign changes from seed to seed.)\n")
-
-
-def resnet_table():
-    return grid_table(RESNET)
-
-
-def resnet_seeds():
-    return seed_table(RESNET, ["uniform", "jest"])
-
-
-def resnet_verdict():
-    return verdict(RESNET, ["uniform", "jest"])
-
-
-def redundant_table():
-    return grid_table(REDUNDANT)
-
-
-def redundant_seeds():
-    return seed_table(REDUNDANT, ["uniform", "jest"])
-
-
-def redundant_verdict():
-    return verdict(REDUNDANT, ["uniform", "jest"])
 
 
 def redundant_repeats():
@@ -650,9 +635,8 @@ def resnet_vs_none():
         return mean_sd([f(r) for k, r in runs.items() if k[:2] == (policy, ratio)])
 
     end = lambda r: r["final_test_accuracy"]
-    wall = lambda r: r["epochs"][-1]["wall_seconds"]
     (sa, ssd), (ua, usd) = cell(SALN, 0.5, end), cell("uniform", 0.5, end)
-    (na, nsd), (nw, _) = cell("none", 1, end), cell("none", 1, wall)
+    (na, nsd), nw = cell("none", 1, end), mean_end(runs, "none", 1)
     (nt, ntsd) = cell("none", 1, lambda r: accuracy_at(r, t))
     return (
         f"Against training on everything: at keep ratio 0.5, SALN ends its 4 epochs at "
@@ -663,34 +647,33 @@ def resnet_vs_none():
 
 
 def resnet_cost_figures():
-    """(ms per image trained by `none`, SALN's ms per image, jest's ms per image, super-batch
-    size, SALN's ms per super-batch) from the seed-0 reports of the ResNet grid."""
+    """(ms per image trained by `none`, SALN's ms per super-batch, jest's ms per super-batch,
+    super-batch size) from the seed-0 reports of the ResNet grid."""
     runs = grid_runs(RESNET)
     none, saln, jest = runs[("none", 1, 0)], runs[(SALN, 0.5, 0)], runs[("jest", 0.5, 0)]
     busy = next(x for x in none["stages"] if x["stage"] == "train")["busy_seconds"]
     images = sum(e["images_trained"] for e in none["epochs"])
-    b = saln["config"]["superbatch"]["size"]
-    per_sb = lambda st: st["ms_per_forward"] + st["ms_per_selection"]
-    return 1000 * busy / images, per_sb(saln["selection"]) / b, per_sb(jest["selection"]) / b, b, per_sb(saln["selection"])
+    per_sb = lambda r: r["selection"]["ms_per_forward"] + r["selection"]["ms_per_selection"]
+    return 1000 * busy / images, per_sb(saln), per_sb(jest), saln["config"]["superbatch"]["size"]
 
 
 def resnet_cost_ratio():
-    step, saln, *_ = resnet_cost_figures()
-    return step / saln
+    step, saln, _, b = resnet_cost_figures()
+    return step / (saln / b)
 
 
 def resnet_cost():
     """The regime: a ResNet-18 training step per image against SALN's and jest's selection
     cost per image, from the seed-0 run reports of the ResNet grid."""
-    step, s_cost, j_cost, b, per_sb = resnet_cost_figures()
+    step, saln, jest, b = resnet_cost_figures()
     return (
         f"**The regime**, from the seed-0 reports: `none`'s train stage spends {step:.0f} ms per "
         f"image trained (a ResNet-18 step, plus its share of the test evaluations); SALN's "
-        f"reference forward pass and selection cost {per_sb:.1f} ms "
-        f"per super-batch of {b}, {s_cost:.2f} ms per image, so a training step costs about "
-        f"{step / s_cost:.0f} times SALN's selection, far past the 10x the question needs. `jest` "
-        f"scores every candidate with the learner itself, a ResNet-18 forward pass: "
-        f"{j_cost:.1f} ms per image, on the extract stage's core.\n"
+        f"reference forward pass and selection cost {saln:.1f} ms "
+        f"per super-batch of {b}, {saln / b:.2f} ms per image, so a training step costs about "
+        f"{resnet_cost_ratio():.0f} times SALN's selection, far past the 10x the question needs. "
+        f"`jest` scores every candidate with the learner itself, a ResNet-18 forward pass: "
+        f"{jest / b:.1f} ms per image, on the extract stage's core.\n"
     )
 
 
@@ -709,12 +692,12 @@ GENERATORS = {
     "bench-selection": bench_table,
     "bench-summary": bench_summary,
     "demo-selection-cost": demo_selection_cost,
-    "resnet-table": resnet_table,
-    "resnet-seeds": resnet_seeds,
-    "resnet-verdict": resnet_verdict,
-    "redundant-table": redundant_table,
-    "redundant-seeds": redundant_seeds,
-    "redundant-verdict": redundant_verdict,
+    "resnet-table": lambda: grid_table(RESNET),
+    "resnet-seeds": lambda: seed_table(RESNET, BASELINES),
+    "resnet-verdict": lambda: verdict(RESNET, BASELINES),
+    "redundant-table": lambda: grid_table(REDUNDANT),
+    "redundant-seeds": lambda: seed_table(REDUNDANT, BASELINES),
+    "redundant-verdict": lambda: verdict(REDUNDANT, BASELINES),
     "redundant-repeats": redundant_repeats,
     "resnet-evidence": resnet_evidence,
     "resnet-vs-none": resnet_vs_none,

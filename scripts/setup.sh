@@ -101,17 +101,25 @@ sys.exit(0 if ok else 1)
 PY
 }
 
-setup_stream() {
-  if stream_ok; then
-    say "moto $MOTO_VERSION and webdataset $WEBDATASET_VERSION present in $VENV"
+# Installs pip packages ($3...) into the venv unless `$2` (a check that imports them)
+# passes already; $1 names them in the messages.
+venv_packages() {
+  local what="$1" check="$2"
+  shift 2
+  if "$check"; then
+    say "$what present in $VENV"
     return
   fi
   [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-  say "installing moto[server]==$MOTO_VERSION and webdataset==$WEBDATASET_VERSION into $VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check \
+  say "installing $* into $VENV"
+  "$VENV/bin/pip" install --quiet --disable-pip-version-check "$@"
+  "$check" || { say "$what did not import from $VENV"; exit 1; }
+  say "$what installed in $VENV"
+}
+
+setup_stream() {
+  venv_packages "moto $MOTO_VERSION and webdataset $WEBDATASET_VERSION" stream_ok \
     "moto[server]==$MOTO_VERSION" "webdataset==$WEBDATASET_VERSION" boto3
-  stream_ok || { say "moto / webdataset did not import from $VENV"; exit 1; }
-  say "moto $MOTO_VERSION and webdataset $WEBDATASET_VERSION installed in $VENV"
 }
 
 PY_TOOLS=("maturin>=1.16,<2" pytest "ray[data]==2.60.*" pyarrow)
@@ -120,14 +128,7 @@ tools_ok() {
 }
 
 setup_tools() {
-  if tools_ok; then
-    say "pyarrow, pytest, maturin and ray present in $VENV"
-    return
-  fi
-  [ -x "$VENV/bin/python" ] || python3 -m venv "$VENV"
-  say "installing ${PY_TOOLS[*]} into $VENV"
-  "$VENV/bin/pip" install --quiet --disable-pip-version-check "${PY_TOOLS[@]}"
-  tools_ok || { say "pyarrow / pytest / maturin / ray did not import from $VENV"; exit 1; }
+  venv_packages "pyarrow, pytest, maturin and ray" tools_ok "${PY_TOOLS[@]}"
 }
 
 case "$what" in

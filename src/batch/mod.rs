@@ -779,23 +779,8 @@ impl SuperBatchConfig {
 mod tests {
     use super::*;
     use crate::augment::AugmentOp;
+    use crate::source::test_data::synthetic;
     use crate::source::{MemorySource, RawImage, Sample};
-
-    pub(crate) fn synthetic(n: usize) -> Arc<dyn Source> {
-        let samples = (0..n)
-            .map(|i| Sample {
-                id: i as u64,
-                label: (i % 10) as i64,
-                image: RawImage {
-                    channels: 1,
-                    height: 8,
-                    width: 8,
-                    data: (0..64).map(|p| ((p * 7 + i * 13) % 256) as u8).collect(),
-                },
-            })
-            .collect();
-        Arc::new(MemorySource::new("mem", samples, 10))
-    }
 
     fn plan(n: usize, workers: usize) -> LoaderPlan {
         LoaderPlan {

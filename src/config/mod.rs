@@ -210,6 +210,9 @@ pub struct ReportConfig {
     pub progress_seconds: f64,
 }
 
+/// Where run folders go when `checkpoint.dir` is not given.
+const CHECKPOINTS: &str = "target/saln/checkpoints";
+
 /// Checkpoints of a training run (`saln-pipe run`): what `saln-pipe run FILE --resume`
 /// continues from after a kill. README, "Checkpoints and --resume".
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -263,17 +266,20 @@ impl CheckpointConfig {
 
     /// The run folder of `saln-pipe run` (see [`CheckpointConfig::dir`]).
     pub fn folder(&self) -> PathBuf {
-        self.dir
-            .clone()
-            .unwrap_or_else(|| PathBuf::from("target/saln/checkpoints/run"))
+        self.folder_or("run")
     }
 
     /// The run folder of a curation: `dir`, or `target/saln/checkpoints/curate` for a
     /// pipeline without a file name, so that a curation never empties a run's folder.
     pub fn curation_folder(&self) -> PathBuf {
+        self.folder_or("curate")
+    }
+
+    /// `dir`, or `name` in [`CHECKPOINTS`].
+    fn folder_or(&self, name: &str) -> PathBuf {
         self.dir
             .clone()
-            .unwrap_or_else(|| PathBuf::from("target/saln/checkpoints/curate"))
+            .unwrap_or_else(|| Path::new(CHECKPOINTS).join(name))
     }
 }
 
@@ -360,7 +366,7 @@ impl PipelineConfig {
                 "run" => stem.into_owned(),
                 c => format!("{stem}.{c}"),
             };
-            self.checkpoint.dir = Some(PathBuf::from("target/saln/checkpoints").join(name));
+            self.checkpoint.dir = Some(Path::new(CHECKPOINTS).join(name));
         }
     }
 

@@ -455,18 +455,10 @@ impl Checkpointer {
             }
         }
         let state = State {
-            format: FORMAT,
-            saln_version: env!("CARGO_PKG_VERSION").into(),
-            config_hash: self.config_hash.clone(),
-            config: self.config.clone(),
-            step,
-            loader: LoaderState::at(progress.next_seq, self.per_epoch),
             train: progress.clone(),
-            loaded: loaded.clone(),
-            tally: tally.clone(),
             snapshots,
             export,
-            curation: false,
+            ..self.state(step, progress.next_seq, loaded, tally)
         };
         self.commit(t, state, Some(&tensors))
     }
@@ -483,6 +475,18 @@ impl Checkpointer {
     ) -> Result<()> {
         let t = Instant::now();
         let state = State {
+            export: Some(export),
+            curation: true,
+            ..self.state(step, next_seq, loaded, tally)
+        };
+        self.commit(t, state, None)
+    }
+
+    /// The state every checkpoint records: this run's configuration, `step`, the loader
+    /// continuing at global super-batch `next_seq`, the tallies; no training progress past
+    /// `next_seq`, no snapshots, no export, not a curation (the writers fill those in).
+    fn state(&self, step: u64, next_seq: u64, loaded: &LoaderSummary, tally: &Acc) -> State {
+        State {
             format: FORMAT,
             saln_version: env!("CARGO_PKG_VERSION").into(),
             config_hash: self.config_hash.clone(),
@@ -496,10 +500,9 @@ impl Checkpointer {
             loaded: loaded.clone(),
             tally: tally.clone(),
             snapshots: Vec::new(),
-            export: Some(export),
-            curation: true,
-        };
-        self.commit(t, state, None)
+            export: None,
+            curation: false,
+        }
     }
 
     /// Writes `state` (and `tensors`) into a hidden folder, syncs, renames it to the

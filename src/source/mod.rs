@@ -374,6 +374,30 @@ impl Source for MemorySource {
     }
 }
 
+/// Small in-memory data sets for the unit tests of this module and the stages above it.
+#[cfg(test)]
+pub(crate) mod test_data {
+    use super::{MemorySource, RawImage, Sample, Source};
+    use std::sync::Arc;
+
+    /// `n` grey 8x8 images, each different, labels `i mod 10`, ids `0..n`.
+    pub(crate) fn synthetic(n: usize) -> Arc<dyn Source> {
+        let samples = (0..n)
+            .map(|i| Sample {
+                id: i as u64,
+                label: (i % 10) as i64,
+                image: RawImage {
+                    channels: 1,
+                    height: 8,
+                    width: 8,
+                    data: (0..64).map(|p| ((p * 7 + i * 13) % 256) as u8).collect(),
+                },
+            })
+            .collect();
+        Arc::new(MemorySource::new("mem", samples, 10))
+    }
+}
+
 // ---- configuration ----
 
 /// The data set. Exactly one format block (`idx`, `cifar10`, `image_folder`, `list`,

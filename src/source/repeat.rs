@@ -50,16 +50,15 @@ impl Repeated {
         }
     }
 
-    /// The inner source's length: the number of distinct samples.
-    pub fn distinct(&self) -> usize {
-        self.inner.len()
+    /// Sample `index` of the repeated source: its index in `inner` and its copy number.
+    fn at(&self, index: usize) -> (usize, usize) {
+        let n = self.inner.len().max(1);
+        (index % n, index / n)
     }
 
-    fn copy(&self, index: usize, mut s: Sample) -> Sample {
-        let c = (index / self.inner.len().max(1)) as u64;
-        if c > 0 {
-            s.id |= c << COPY_SHIFT;
-        }
+    /// `s` as copy `c` (copy 0 keeps its id).
+    fn as_copy(c: usize, mut s: Sample) -> Sample {
+        s.id |= (c as u64) << COPY_SHIFT;
         s
     }
 }
@@ -69,18 +68,17 @@ impl Source for Repeated {
         self.inner.len() * self.copies
     }
     fn get(&self, index: usize) -> Result<Sample> {
-        let n = self.inner.len().max(1);
-        Ok(self.copy(index, self.inner.get(index % n)?))
+        let (i, c) = self.at(index);
+        Ok(Self::as_copy(c, self.inner.get(i)?))
     }
     fn get_resized(&self, index: usize, size: Size) -> Result<Sample> {
-        let n = self.inner.len().max(1);
-        Ok(self.copy(index, self.inner.get_resized(index % n, size)?))
+        let (i, c) = self.at(index);
+        Ok(Self::as_copy(c, self.inner.get_resized(i, size)?))
     }
     fn locate(&self, index: usize) -> String {
-        let n = self.inner.len().max(1);
-        match index / n {
-            0 => self.inner.locate(index),
-            c => format!("{} (copy {c})", self.inner.locate(index % n)),
+        match self.at(index) {
+            (i, 0) => self.inner.locate(i),
+            (i, c) => format!("{} (copy {c})", self.inner.locate(i)),
         }
     }
     fn num_classes(&self) -> usize {
@@ -100,6 +98,11 @@ impl Source for Repeated {
 /// assert_eq!(repeats(&[1, 1 << COPY_SHIFT | 1, 2 << COPY_SHIFT | 1, 2]), 2);
 /// ```
 pub fn repeats(ids: &[u64]) -> u64 {
+    // Without copies (no `source.repeat`) there is nothing to count: no hashing per
+    // super-batch.
+    if ids.iter().all(|&id| original(id) == id) {
+        return 0;
+    }
     let mut seen = std::collections::HashSet::with_capacity(ids.len());
     ids.iter().filter(|&&id| !seen.insert(original(id))).count() as u64
 }
@@ -107,27 +110,12 @@ pub fn repeats(ids: &[u64]) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::source::{MemorySource, RawImage, SourceConfig, Split};
-
-    fn memory(n: usize) -> Arc<dyn Source> {
-        let samples = (0..n)
-            .map(|i| Sample {
-                id: i as u64,
-                label: (i % 3) as i64,
-                image: RawImage {
-                    channels: 1,
-                    height: 2,
-                    width: 2,
-                    data: vec![i as u8; 4],
-                },
-            })
-            .collect();
-        Arc::new(MemorySource::new("mem", samples, 3))
-    }
+    use crate::source::test_data::synthetic;
+    use crate::source::{SourceConfig, Split};
 
     #[test]
     fn copies_share_pixels_and_label_but_not_the_id() {
-        let r = Repeated::new(memory(5), 3);
+        let r = Repeated::new(synthetic(5), 3);
         assert_eq!(r.len(), 15);
         let a = r.get(2).unwrap();
         let b = r.get(7).unwrap();

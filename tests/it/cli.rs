@@ -31,6 +31,43 @@ fn yamls(dir: &Path) -> Vec<PathBuf> {
     v
 }
 
+/// `dir/p.yaml`: a pipeline over a synthetic IDX set in `dir` (1000 training images, 100 of
+/// them held out, 100 test images) reporting to `dir/report.json`; `source` is added to the
+/// source block, `rest` holds the other sections.
+fn synthetic_pipeline(dir: &Path, source: &str, rest: &str) -> PathBuf {
+    let data = dir.join("synthetic");
+    if !data.exists() {
+        synthetic_idx(dir, 1000, 100);
+    }
+    let cfg = dir.join("p.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "device: cpu\nsource: {{ idx: {{ dir: {} }}, holdout: 100{source} }}\n{rest}\
+             report: {{ path: {} }}\n",
+            data.display(),
+            dir.join("report.json").display()
+        ),
+    )
+    .unwrap();
+    cfg
+}
+
+/// `saln-pipe curate CFG --out OUT`, which must succeed: its output and the JSON report of a
+/// [`synthetic_pipeline`].
+fn curate(cfg: &Path, out: &Path) -> (Output, serde_json::Value) {
+    let o = bin()
+        .arg("curate")
+        .arg(cfg)
+        .arg("--out")
+        .arg(out)
+        .output()
+        .unwrap();
+    assert!(o.status.success(), "{}", text(&o));
+    let report = std::fs::read(cfg.with_file_name("report.json")).unwrap();
+    (o, serde_json::from_slice(&report).unwrap())
+}
+
 #[test]
 fn every_pipeline_yaml_validates() {
     require_fmnist();
@@ -234,27 +271,12 @@ fn sigint_stops_the_run_and_leaves_a_valid_report() {
 #[test]
 fn curate_with_uniform_summarises_only_what_ran() {
     let dir = tempfile::tempdir().unwrap();
-    let data = synthetic_idx(dir.path(), 1000, 100);
-    let cfg = dir.path().join("p.yaml");
-    let report = dir.path().join("report.json");
-    std::fs::write(
-        &cfg,
-        format!(
-            "device: cpu\nsource: {{ idx: {{ dir: {} }}, holdout: 100 }}\nselection: {{ policy: uniform }}\n\
-             trainer: {{ epochs: 1 }}\nreport: {{ path: {} }}\n",
-            data.display(),
-            report.display()
-        ),
-    )
-    .unwrap();
-    let o = bin()
-        .arg("curate")
-        .arg(&cfg)
-        .arg("--out")
-        .arg(dir.path().join("out"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
+    let cfg = synthetic_pipeline(
+        dir.path(),
+        "",
+        "selection: { policy: uniform }\ntrainer: { epochs: 1 }\n",
+    );
+    let (o, json) = curate(&cfg, &dir.path().join("out"));
     let err = String::from_utf8_lossy(&o.stderr);
     let summary = err
         .lines()
@@ -264,7 +286,6 @@ fn curate_with_uniform_summarises_only_what_ran() {
     assert!(!summary.contains(" 0/s"), "{summary}");
     assert!(!summary.contains(" 0 samples/s"), "{summary}");
     assert!(!summary.contains("overlap 0.00"), "{summary}");
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
     for s in json["stages"].as_array().unwrap() {
         assert!(
             s["items"].as_u64().unwrap() > 0 || s["received"].as_u64().unwrap() > 0,
@@ -290,29 +311,10 @@ fn curate_with_uniform_summarises_only_what_ran() {
 #[test]
 fn a_repeated_source_offers_copies_and_counts_the_repeats_kept() {
     let dir = tempfile::tempdir().unwrap();
-    let data = synthetic_idx(dir.path(), 1000, 100);
-    let cfg = dir.path().join("p.yaml");
-    let report = dir.path().join("report.json");
-    std::fs::write(
-        &cfg,
-        format!(
-            "device: cpu\nsource: {{ idx: {{ dir: {} }}, holdout: 100, limit: 200, repeat: 4 }}\n\
-             superbatch: {{ size: 64 }}\nselection: {{ policy: uniform, keep_ratio: 0.5 }}\n\
-             trainer: {{ epochs: 1 }}\nreport: {{ path: {} }}\n",
-            data.display(),
-            report.display()
-        ),
-    )
-    .unwrap();
-    let o = bin()
-        .arg("curate")
-        .arg(&cfg)
-        .arg("--out")
-        .arg(dir.path().join("out"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let rest = "superbatch: { size: 64 }\nselection: { policy: uniform, keep_ratio: 0.5 }\n\
+                trainer: { epochs: 1 }\n";
+    let cfg = synthetic_pipeline(dir.path(), ", limit: 200, repeat: 4", rest);
+    let (_, json) = curate(&cfg, &dir.path().join("out"));
     assert_eq!(json["data"]["learner_samples"], 800, "{}", json["data"]);
     assert_eq!(json["data"]["holdout_samples"], 100, "{}", json["data"]);
     let sel = &json["selection"];
@@ -324,22 +326,8 @@ fn a_repeated_source_offers_copies_and_counts_the_repeats_kept() {
     assert!(offered > 20, "{sel}");
     assert!(kept > 0 && kept < offered, "{sel}");
     // Without `repeat` nothing repeats.
-    std::fs::write(
-        &cfg,
-        std::fs::read_to_string(&cfg)
-            .unwrap()
-            .replace(", repeat: 4", ""),
-    )
-    .unwrap();
-    let o = bin()
-        .arg("curate")
-        .arg(&cfg)
-        .arg("--out")
-        .arg(dir.path().join("out2"))
-        .output()
-        .unwrap();
-    assert!(o.status.success(), "{}", text(&o));
-    let json: serde_json::Value = serde_json::from_slice(&std::fs::read(&report).unwrap()).unwrap();
+    let cfg = synthetic_pipeline(dir.path(), ", limit: 200", rest);
+    let (_, json) = curate(&cfg, &dir.path().join("out2"));
     assert_eq!(json["selection"]["repeats_in"], 0);
     assert_eq!(json["data"]["learner_samples"], 200);
 }
